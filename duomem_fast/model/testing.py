@@ -1,0 +1,78 @@
+"""Tiny random HF model directories for fast tests: no download, no default model needed."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ARCHS = ("llama", "mistral", "qwen2", "qwen3")
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+_CORPUS = [
+    "You are in the middle of a room. Looking quickly around you, you see a cabinet 1, a countertop 2, a fridge 1.",
+    "Your task is to: put a clean apple in the fridge. > go to countertop 1. On the countertop 1, you see a knife 1.",
+    "take apple 1 from countertop 2. move apple 1 to fridge 1. clean apple 1 with sinkbasin 1. Nothing happens.",
+    "The quick brown fox jumps over the lazy dog. 0123456789 system user assistant think: first I need to find it.",
+]
+
+
+def make_tokenizer(vocab_size: int = 384):
+    """A byte-level BPE tokenizer trained in memory, with ChatML specials and a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=_SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def _config(arch: str, vocab: int, tok, overrides: dict):
+    from transformers import AutoConfig
+
+    base = dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=16, max_position_embeddings=512, rms_norm_eps=1e-6,
+                initializer_range=0.1, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    base.update({"llama": dict(tie_word_embeddings=False),
+                 "mistral": dict(tie_word_embeddings=False, sliding_window=None),
+                 "qwen2": dict(tie_word_embeddings=True, use_sliding_window=False),
+                 "qwen3": dict(tie_word_embeddings=True, use_sliding_window=False)}[arch])
+    base.update(overrides)
+    return AutoConfig.for_model(arch, **base)
+
+
+def make_tiny_model(path: str | os.PathLike, arch: str = "llama", seed: int = 0, **overrides) -> Path:
+    """Write a tiny random `arch` model (hidden 64, 2 layers, GQA 4/2, head_dim 16) with a ChatML tokenizer.
+
+    arch: "llama" | "mistral" | "qwen2" (qkv bias, tied) | "qwen3" (q/k-norm, tied). `overrides` go into the
+    config (e.g. rope_parameters, num_hidden_layers). Returns the directory, loadable by transformers and Engine.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if arch not in ARCHS:
+        raise ValueError(f"unknown tiny arch {arch!r}: expected one of {ARCHS}")
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = make_tokenizer()
+    config = _config(arch, len(tok), tok, overrides)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # HF init leaves norms at 1 and biases at 0: randomise them so tests see them
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
