@@ -1,0 +1,1 @@
+"""Teacher comparison harness: agents behind one interface, parallel resumable runs, metrics, reports."""
