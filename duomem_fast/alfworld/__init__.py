@@ -1,0 +1,1 @@
+"""ALFWorld: game sources (official, generated), env wrapper, expert teacher, prompts, agent loop, records."""
