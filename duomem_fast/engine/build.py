@@ -1,0 +1,61 @@
+"""Engine construction: resolve the model, read config and weights, attach or merge the adapter, fingerprint."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from duomem_fast.engine.identity import model_fingerprint
+from duomem_fast.lora import attach_adapter, load_adapter, merge_adapter
+from duomem_fast.model.config import load_config
+from duomem_fast.model.decoder import Decoder
+from duomem_fast.model.loader import DEFAULT_MODEL, resolve_model_dir
+from duomem_fast.model.weights import build_weights, read_tensors, weight_files
+
+_DTYPES = {None: torch.float32, "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, torch.float32: torch.float32, torch.bfloat16: torch.bfloat16}
+
+
+def parse_dtype(dtype) -> torch.dtype:
+    if dtype not in _DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}: expected None, 'float32' or 'bfloat16'")
+    return _DTYPES[dtype]
+
+
+def build_engine(cls, model, adapter, merge_lora: bool, dtype, attn_impl: str = "torch",
+                 prefix_budget_bytes: int = 2 << 30):
+    from transformers import AutoTokenizer
+
+    dtype = parse_dtype(dtype)
+    model_dir = resolve_model_dir(model)
+    cfg = load_config(model_dir)
+    weights = build_weights(cfg, read_tensors(model_dir), torch.float32 if adapter else dtype)
+    digest = None
+    if adapter is not None:
+        base_name = DEFAULT_MODEL if model is None else model_dir.name
+        lora = load_adapter(adapter, cfg, base_name)
+        digest = lora.digest
+        if merge_lora:
+            merge_adapter(weights, cfg, lora)
+        _cast(weights, dtype)
+        if not merge_lora:
+            attach_adapter(weights, cfg, lora)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    fingerprint = model_fingerprint(weight_files(model_dir), model_dir / "config.json", digest, merge_lora, dtype)
+    engine = cls(Decoder(cfg, weights, dtype, attn_impl), tokenizer, fingerprint, Path(model_dir),
+                 prefix_budget_bytes)
+    engine.adapter_path, engine.merged = (Path(adapter) if adapter else None), bool(merge_lora and adapter)
+    return engine
+
+
+def _cast(weights, dtype: torch.dtype) -> None:
+    if dtype == torch.float32:
+        return
+    tied = weights.lm_head is weights.embed
+    for obj in [weights, *weights.layers]:
+        for name in obj.__slots__:
+            value = getattr(obj, name)
+            if isinstance(value, torch.Tensor):
+                setattr(obj, name, value.to(dtype))
+    if tied:
+        weights.lm_head = weights.embed

@@ -1,0 +1,95 @@
+"""The compact Llama-family decoder: fused projections, RoPE, GQA attention over shared + own KV, SwiGLU."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from duomem_fast import ops
+from duomem_fast.model.attention import attend
+from duomem_fast.model.config import ModelConfig
+from duomem_fast.model.rope import Rope, apply_rope
+from duomem_fast.model.weights import LayerWeights, Weights
+
+
+@dataclass(slots=True)
+class Step:
+    """One forward call's KV context.
+
+    positions (B, T): absolute positions of the new tokens.
+    shared: per segment (k, v) each (L, P, Hkv, D), fully visible to every row (prefix, a session's own text).
+    own_k/own_v (L, B, cap, Hkv, D): the rows' own KV buffers; the new tokens are written at own_start[b] and
+    attend causally up to there. None: the new tokens attend only to themselves (causal) beyond `shared`.
+    """
+
+    positions: Tensor
+    shared: list[tuple[Tensor, Tensor]]
+    own_k: Tensor | None = None
+    own_v: Tensor | None = None
+    own_start: list[int] | None = None
+
+
+class Decoder:
+    """Weights + forward. `attn_impl`: "torch" (grouped matmul path) or "ops" (the dispatcher)."""
+
+    def __init__(self, cfg: ModelConfig, weights: Weights, dtype: torch.dtype, attn_impl: str = "torch") -> None:
+        if attn_impl not in ("torch", "ops"):
+            raise ValueError(f"unknown attn_impl {attn_impl!r}: expected 'torch' or 'ops'")
+        self.cfg, self.w, self.dtype, self.attn_impl = cfg, weights, dtype, attn_impl
+        self.rope = Rope(cfg.hf, cfg.head_dim, cfg.max_context)
+
+    @torch.inference_mode()
+    def forward(self, ids: Tensor, step: Step, logits: str = "last") -> Tensor:
+        """ids (B, T) -> logits fp32: (B, vocab) for logits="last", (B, T, vocab) for "all"."""
+        x = self.w.embed[ids]
+        cos, sin = self.rope.tables(step.positions, self.dtype)
+        for i, lw in enumerate(self.w.layers):
+            x = self._layer(i, lw, x, cos, sin, step)
+        x = x[:, -1] if logits == "last" else x
+        x = _rms_norm(x, self.w.norm, self.cfg.rms_norm_eps)
+        return ops.lora_linear(x, self.w.lm_head).float()
+
+    def _layer(self, i: int, lw: LayerWeights, x: Tensor, cos: Tensor, sin: Tensor, step: Step) -> Tensor:
+        cfg = self.cfg
+        B, T, _ = x.shape
+        qkv = _linear(_rms_norm(x, lw.ln_attn, cfg.rms_norm_eps), lw.qkv, lw.qkv_bias, lw.lora.get("qkv"))
+        q, k, v = qkv.split((cfg.q_size, cfg.kv_size, cfg.kv_size), dim=-1)
+        q = q.view(B, T, cfg.num_heads, cfg.head_dim)
+        k = k.view(B, T, cfg.num_kv_heads, cfg.head_dim)
+        v = v.view(B, T, cfg.num_kv_heads, cfg.head_dim)
+        if lw.q_norm is not None:
+            q, k = _rms_norm(q, lw.q_norm, cfg.rms_norm_eps), _rms_norm(k, lw.k_norm, cfg.rms_norm_eps)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        own_k, own_v, lens = self._write_own(i, k, v, step)
+        shared = [(sk[i], sv[i]) for sk, sv in step.shared]
+        a = attend(q, shared, own_k, own_v, lens, self.attn_impl).reshape(B, T, cfg.q_size)
+        x = x + _linear(a, lw.o, lw.o_bias, lw.lora.get("o"))
+        gu = _linear(_rms_norm(x, lw.ln_mlp, cfg.rms_norm_eps), lw.gate_up, lw.gate_up_bias, lw.lora.get("gate_up"))
+        gate, up = gu.chunk(2, dim=-1)
+        return x + _linear(F.silu(gate) * up, lw.down, lw.down_bias, lw.lora.get("down"))
+
+    @staticmethod
+    def _write_own(i: int, k: Tensor, v: Tensor, step: Step) -> tuple[Tensor, Tensor, Tensor | None]:
+        if step.own_k is None:
+            return k, v, None
+        T = k.shape[1]
+        for b, start in enumerate(step.own_start):
+            step.own_k[i, b, start:start + T] = k[b]
+            step.own_v[i, b, start:start + T] = v[b]
+        end = max(step.own_start) + T
+        lens = torch.tensor(step.own_start) + T if len(step.own_start) > 1 else None
+        return step.own_k[i, :, :end], step.own_v[i, :, :end], lens
+
+
+def _linear(x: Tensor, w: Tensor, bias: Tensor | None, lora) -> Tensor:
+    if lora is None:
+        return ops.lora_linear(x, w, bias=bias)
+    return ops.lora_linear(x, w, lora.a, lora.b, 1.0, bias)
+
+
+def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
