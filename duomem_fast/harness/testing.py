@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,7 @@ def _lost(game: FakeGame) -> bool:
     return int(hashlib.sha256(game.path.encode()).hexdigest(), 16) % 2 == 1
 
 
-def fake_play(env, game: FakeGame, policy, max_steps: int) -> dict:
+def fake_play(env, game: FakeGame, policy, max_steps: int, config: str = "fake") -> dict:
     """An episode in the record format of the agent contract (docs/design.md)."""
     t0 = time.perf_counter()
     te = time.perf_counter()
@@ -87,7 +88,7 @@ def fake_play(env, game: FakeGame, policy, max_steps: int) -> dict:
         if won:
             break
     return {"game": game.path, "source": "generated", "split": game.split, "task_type": game.task_type,
-            "task": game.task_type, "agent": policy.name, "config": "fake", "won": won, "steps": len(actions),
+            "task": game.task_type, "agent": policy.name, "config": config, "won": won, "steps": len(actions),
             "actions": actions, "observations": observations, **policy.usage(), "env_seconds": env_s,
             "wall_seconds": time.perf_counter() - t0}
 
@@ -98,3 +99,24 @@ def make_fake_env():
 
 def make_solver(env, flaky: bool = True):
     return SolverPolicy(env, flaky=flaky)
+
+
+SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "alfworld" / "real_sample_single_agent"
+
+
+def sample_data_root(dest: str | Path, n: int = 2, split: str = "valid_unseen") -> Path | None:
+    """A data root holding n copies (distinct trial ids) of the real ALFWorld sample game, in the official layout.
+
+    None when the sample is not on this machine.
+    """
+    if not (SAMPLE / "game.tw-pddl").is_file():
+        return None
+    dest = Path(dest)
+    task_dir = dest / "json_2.1.1" / split / "pick_heat_then_place_in_recep-Potato-None-SinkBasin-16"
+    for i in range(n):
+        trial = task_dir / f"trial_T20190000_{i:06d}"
+        trial.mkdir(parents=True, exist_ok=True)
+        for name in ("game.tw-pddl", "traj_data.json"):
+            if not (trial / name).exists():
+                (trial / name).symlink_to(SAMPLE / name)
+    return dest

@@ -1,0 +1,142 @@
+"""Agent specs shared by --student and --teacher, and how each kind is built into a runnable Plan.
+
+    expert[,seed=0]                          ALFWorld's handcoded expert (reads the game state)
+    random[,seed=0]                          a uniformly random admissible command (a floor to compare against)
+    engine[,model=M,adapter=A|none,memory=B|none,k=4,mode=score|generate,merge=0|1,dtype=bf16]
+                                             our engine; defaults: the shipped DuoMem student
+                                             (default model + shipped adapter + memory bank, where present)
+    duomem / base / memories / lora          presets of `engine` for the ablation
+    hf:PATH[,adapter=..,memory=..]           a local HF model directory (or .gguf) run by our engine
+    openai:URL[,model=..,timeout=60,retries=4,rate=0,history=8,max_tokens=24]
+                                             any OpenAI-compatible chat endpoint (key from $OPENAI_API_KEY)
+"""
+from __future__ import annotations
+
+import functools
+import random
+from dataclasses import dataclass, field
+
+from .chat_policy import ChatPolicy
+from .openai_client import ClientConfig, OpenAIClient
+from .runner import Plan
+
+KINDS = ("expert", "random", "engine", "hf", "openai")
+PRESETS = {"duomem": {}, "base": {"adapter": "none", "memory": "none"}, "memories": {"adapter": "none"},
+           "lora": {"memory": "none"}}
+OPTIONS = {"expert": {"seed"}, "random": {"seed"},
+           "engine": {"model", "adapter", "memory", "k", "mode", "merge", "dtype", "parts"},
+           "openai": {"model", "timeout", "retries", "rate", "history", "max_tokens"}}
+OPTIONS["hf"] = OPTIONS["engine"]
+
+
+@dataclass(slots=True)
+class AgentSpec:
+    """A parsed agent spec: kind, target (hf path / openai URL) and key=value options."""
+    kind: str
+    target: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
+    text: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.text.split(",")[0].replace("openai:", "openai-").replace("hf:", "hf-")
+
+
+def parse_agent(text: str) -> AgentSpec:
+    """'kind[:target][,key=value...]' -> AgentSpec; ValueError naming the bad part."""
+    if not text or not text.strip():
+        raise ValueError("empty agent spec")
+    head, *pairs = text.strip().split(",")
+    kind, _, target = head.partition(":")
+    options = dict(PRESETS.get(kind, {}))
+    if kind in PRESETS:
+        kind = "engine"
+    if kind not in KINDS:
+        raise ValueError(f"unknown agent kind {kind!r} in {text!r}; expected one of {KINDS + tuple(PRESETS)}")
+    if kind in ("hf", "openai") and not target:
+        raise ValueError(f"agent spec {text!r} needs a target: {kind}:<{'path' if kind == 'hf' else 'base-url'}>")
+    if kind not in ("hf", "openai") and target:
+        raise ValueError(f"agent kind {kind!r} takes no ':target' (got {text!r}); use key=value options")
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or key not in OPTIONS[kind]:
+            raise ValueError(f"bad option {pair!r} in agent spec {text!r}; {kind} takes {sorted(OPTIONS[kind])}")
+        options[key] = value
+    return AgentSpec(kind, target or None, options, text.strip())
+
+
+class RandomPolicy:
+    """A random admissible command, reproducible from (seed, task)."""
+
+    def __init__(self, seed: int = 0):
+        self.seed, self.name = seed, f"random-{seed}"
+
+    def begin(self, task, task_type, observation, admissible):
+        self.rng = random.Random(f"{self.seed}:{task}")
+
+    def act(self, observation, admissible):
+        return self.rng.choice(admissible)
+
+    def usage(self):
+        return {"tokens_in": 0, "tokens_reused": 0, "tokens_out": 0, "model_seconds": 0.0}
+
+
+def _make_expert(env, seed: int):
+    from ..alfworld.expert import ExpertPolicy
+    return ExpertPolicy(seed=seed)
+
+
+def _make_random(env, seed: int):
+    return RandomPolicy(seed)
+
+
+def _make_chat(env, config: ClientConfig, name: str, history: int, max_tokens: int):
+    client = OpenAIClient(config)
+    return ChatPolicy(client.chat, name, history=history, max_tokens=max_tokens)
+
+
+@dataclass(slots=True)
+class Agent:
+    """A runnable agent: its display name, the config that identifies its runs, and its Plan."""
+    name: str
+    spec: AgentSpec
+    config: dict
+    plan: Plan
+
+
+def _int(spec: AgentSpec, key: str, default: int) -> int:
+    try:
+        return int(spec.options.get(key, default))
+    except ValueError:
+        raise ValueError(f"option {key}={spec.options[key]!r} of {spec.text!r} must be an integer") from None
+
+
+def _float(spec: AgentSpec, key: str, default: float) -> float:
+    try:
+        return float(spec.options.get(key, default))
+    except ValueError:
+        raise ValueError(f"option {key}={spec.options[key]!r} of {spec.text!r} must be a number") from None
+
+
+def _local_plan(make_policy) -> Plan:
+    from .episodes import game_id, no_env, play_local
+    return Plan(make_env=no_env, make_policy=make_policy, play=play_local, game_id=game_id, in_worker=True)
+
+
+def build_agent(spec: AgentSpec | str) -> Agent:
+    """Build the agent a spec names. Engine agents load their model here (once, shared by parallel episodes)."""
+    spec = parse_agent(spec) if isinstance(spec, str) else spec
+    if spec.kind in ("expert", "random"):
+        seed = _int(spec, "seed", 0)
+        make = functools.partial(_make_expert if spec.kind == "expert" else _make_random, seed=seed)
+        return Agent(spec.label, spec, {"kind": spec.kind, "seed": seed}, _local_plan(make))
+    if spec.kind == "openai":
+        cfg = ClientConfig(spec.target, model=spec.options.get("model"), timeout=_float(spec, "timeout", 60.0),
+                           max_retries=_int(spec, "retries", 4), rate=_float(spec, "rate", 0.0))
+        cfg.model = cfg.model or OpenAIClient(cfg).config.model       # resolve once: it is part of the config
+        hist, mt = _int(spec, "history", 8), _int(spec, "max_tokens", 24)
+        make = functools.partial(_make_chat, config=cfg, name=spec.label, history=hist, max_tokens=mt)
+        config = {"kind": "openai", "url": cfg.base_url, "model": cfg.model, "history": hist, "max_tokens": mt}
+        return Agent(spec.label, spec, config, _local_plan(make))
+    from .engine_agent import build_engine_agent
+    return build_engine_agent(spec)

@@ -1,0 +1,96 @@
+"""Evaluate one or more agents on the same games, in the same order, and write the report.
+
+Each agent's episodes go to `<out>/runs/<agent>-<fingerprint>/episodes.jsonl` (the fingerprint covers the agent's
+config, the data root, the split and max_steps, not the number of games: a larger --games extends a run);
+`<out>/summary.json`, `<out>/report.md` and `<out>/plots/` describe the games of this invocation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .agents import Agent
+from .report import machine_state, write_report
+from .runner import RunOptions, run_games
+from .store import EpisodeLog, fingerprint, run_dir
+
+HARNESS_VERSION = 1
+
+
+def default_data_root() -> Path:
+    """$ALFWORLD_DATA, else ~/.cache/duomem_fast/alfworld."""
+    env = os.environ.get("ALFWORLD_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "duomem_fast" / "alfworld"
+
+
+@dataclass(slots=True)
+class EvalConfig:
+    data_root: Path = field(default_factory=default_data_root)
+    split: str = "valid_unseen"
+    games: int = 0                # first N games of the split (0 = all)
+    max_steps: int = 50
+    workers: int = 2
+    out: Path = Path("runs/latest")
+    progress: bool = True
+
+    def __post_init__(self):
+        self.data_root, self.out = Path(self.data_root).expanduser(), Path(self.out)
+        if self.games < 0:
+            raise ValueError(f"games must be >= 0 (0 = all), got {self.games!r}")
+        RunOptions(self.max_steps, self.workers)      # validates both
+
+
+def select_games(cfg: EvalConfig) -> list:
+    """The first cfg.games games of the split, sorted by id: every agent gets this same list in this order."""
+    from ..alfworld.games import list_games
+
+    games = list_games(cfg.data_root, cfg.split)
+    return games[: cfg.games] if cfg.games else games
+
+
+def ensure_suite(cfg: EvalConfig, n: int, seed: int = 0) -> bool:
+    """Build a generated suite of n games for cfg.split under cfg.data_root if that split has none. True if built."""
+    from ..alfworld.games import DATA_DIR
+
+    if (cfg.data_root / DATA_DIR / cfg.split).is_dir():
+        return False
+    from ..alfworld.generate import build_suite
+
+    print(f"no games under {cfg.data_root / DATA_DIR / cfg.split}: generating {n} {cfg.split} games there "
+          f"(seed {seed}, {cfg.workers} workers)", file=sys.stderr)
+    build_suite(cfg.data_root, {cfg.split: n}, seed=seed, workers=cfg.workers, progress=cfg.progress)
+    return True
+
+
+def run_agent(agent: Agent, games: list, cfg: EvalConfig) -> dict:
+    """Play `games` with `agent` (resuming its run dir); returns {records, seconds, run_dir, spec}."""
+    config = {"agent": agent.config, "data_root": str(cfg.data_root.resolve()), "split": cfg.split,
+              "max_steps": cfg.max_steps, "harness": HARNESS_VERSION}
+    rdir = run_dir(cfg.out, agent.name, config)
+    log = EpisodeLog(rdir / "episodes.jsonl")
+    plan = dataclasses.replace(agent.plan, play=functools.partial(agent.plan.play, config=fingerprint(config)[:16]))
+    before = sum(log.done(plan.game_id(g)) for g in games)
+    seconds = run_games(plan, games, log, RunOptions(cfg.max_steps, cfg.workers, cfg.progress), agent.name)
+    return {"records": log.ordered([plan.game_id(g) for g in games]), "spec": agent.spec.text,
+            "run_dir": str(rdir), "seconds": seconds if before == 0 else None}
+
+
+def evaluate(agents: list[Agent], cfg: EvalConfig, pair: bool = False, command_name: str = "eval",
+             games: list | None = None) -> dict:
+    """Run each agent on the same games, then write the report. pair: agents[0] is the student, [1] the teacher."""
+    games = select_games(cfg) if games is None else games
+    runs = {}
+    for agent in agents:
+        name = agent.name if agent.name not in runs else f"{agent.name}#{len(runs)}"
+        runs[name] = run_agent(agent, games, cfg)
+    names = list(runs)
+    meta = {"command_name": command_name, "command": shlex.join(["duomem-fast", *sys.argv[1:]]),
+            "data_root": str(cfg.data_root), "split": cfg.split, "games": len(games),
+            "source": getattr(games[0], "source", "unknown") if games else "unknown",
+            "max_steps": cfg.max_steps, "workers": cfg.workers, "machine": machine_state()}
+    return write_report(cfg.out, runs, meta, pair=(names[0], names[1]) if pair else None)
