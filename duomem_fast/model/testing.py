@@ -76,3 +76,27 @@ def make_tiny_model(path: str | os.PathLike, arch: str = "llama", seed: int = 0,
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def make_random_adapter(model_dir: str | os.PathLike, path: str | os.PathLike, r: int = 16, alpha: float = 32,
+                        targets: tuple[str, ...] = ALL_TARGETS, seed: int = 0, use_rslora: bool = False,
+                        std: float = 0.02) -> Path:
+    """Write a PEFT LoRA directory for `model_dir` with random A and nonzero random B (so it changes outputs)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets),
+                                            use_rslora=use_rslora, lora_dropout=0.0))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+    out = Path(path)
+    model.save_pretrained(out)
+    return out
