@@ -1,0 +1,260 @@
+// Fused LoRA linear on CPU: y = x Wᵀ + s·(x Aᵀ) Bᵀ (+ bias), fp32 accumulation.
+//
+// Decode is GEMV-bound: every call streams W (N, K) from DRAM once, so the kernel is built around that stream.
+//  - Rows of W are taken 4 at a time and each 4-row block meets every row of x while it is hot: x is at most a few
+//    KiB (K=1536 fp32 = 6 KiB per row) and stays in L1, the 4 W rows (24 KiB at K=1536) stay in L1/L2 across the
+//    M-loop, so DRAM sees W once whatever M is (stock GEMV re-reads W per row: ~3.5x for M=4).
+//  - The shrink t = x Aᵀ runs through the same row-dot kernel as W (A's r rows are just more rows), in the same
+//    OpenMP region; after one barrier, the expand s·t Bᵀ and the bias are applied in the epilogue of each W block
+//    before the store, so the delta never makes its own pass over y.
+//  - Weights fp32, bf16 (AVX-512: widened by a 16-bit shift, exact) or fp16 (F16C), converted in registers.
+//  - Multi-adapter: stacked A (n, r, K) / B (n, N, r), per-row adapter id, -1 = base only.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+namespace duomem {
+namespace {
+
+constexpr int kRowBlock = 4;  // W rows per block: 4 W x 4 x rows = 16 zmm accumulators, 8 zmm for operands
+constexpr int kMBlock = 4;
+
+inline float to_f(float v) { return v; }
+inline float to_f(c10::BFloat16 v) { return static_cast<float>(v); }
+inline float to_f(c10::Half v) { return static_cast<float>(v); }
+
+#ifdef __AVX512F__
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const c10::BFloat16* p) {
+  __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline __m512 load16(const c10::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline __m512 load16m(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+inline __m512 load16m(const c10::BFloat16* p, __mmask16 m) {
+  __m256i h = _mm256_maskz_loadu_epi16(m, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline __m512 load16m(const c10::Half* p, __mmask16 m) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+
+// acc[i][j] = dot(w_i, x_j) for NB weight rows and MB x rows; K tail handled by a masked step.
+template <int NB, int MB, typename WT>
+inline void dot_block(const WT* w, int64_t ldw, const float* x, int64_t ldx, int64_t K, float* out, int64_t ldo) {
+  __m512 acc[NB][MB];
+  for (int i = 0; i < NB; ++i)
+    for (int j = 0; j < MB; ++j) acc[i][j] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    __m512 xv[MB];
+    for (int j = 0; j < MB; ++j) xv[j] = _mm512_loadu_ps(x + j * ldx + k);
+    for (int i = 0; i < NB; ++i) {
+      __m512 wv = load16(w + i * ldw + k);
+      for (int j = 0; j < MB; ++j) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
+    }
+  }
+  if (k < K) {
+    __mmask16 m = static_cast<__mmask16>((1u << (K - k)) - 1u);
+    __m512 xv[MB];
+    for (int j = 0; j < MB; ++j) xv[j] = _mm512_maskz_loadu_ps(m, x + j * ldx + k);
+    for (int i = 0; i < NB; ++i) {
+      __m512 wv = load16m(w + i * ldw + k, m);
+      for (int j = 0; j < MB; ++j) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < NB; ++i)
+    for (int j = 0; j < MB; ++j) out[j * ldo + i] = _mm512_reduce_add_ps(acc[i][j]);
+}
+#else
+template <int NB, int MB, typename WT>
+inline void dot_block(const WT* w, int64_t ldw, const float* x, int64_t ldx, int64_t K, float* out, int64_t ldo) {
+  float acc[NB][MB] = {};
+  for (int i = 0; i < NB; ++i)
+    for (int j = 0; j < MB; ++j) {
+      float s = 0.f;
+#pragma omp simd reduction(+ : s)
+      for (int64_t k = 0; k < K; ++k) s += to_f(w[i * ldw + k]) * x[j * ldx + k];
+      acc[i][j] = s;
+    }
+  for (int i = 0; i < NB; ++i)
+    for (int j = 0; j < MB; ++j) out[j * ldo + i] = acc[i][j];
+}
+#endif
+
+// out (MB rows, stride ldo) gets the dots of NB weight rows with rows [m0, m0+mb) of x, for any mb.
+template <int NB, typename WT>
+inline void dot_rows(const WT* w, int64_t ldw, const float* x, int64_t ldx, int64_t K, int64_t mb, float* out,
+                     int64_t ldo) {
+  int64_t j = 0;
+  for (; j + kMBlock <= mb; j += kMBlock) dot_block<NB, kMBlock>(w, ldw, x + j * ldx, ldx, K, out + j * ldo, ldo);
+  switch (mb - j) {
+    case 3: dot_block<NB, 3>(w, ldw, x + j * ldx, ldx, K, out + j * ldo, ldo); break;
+    case 2: dot_block<NB, 2>(w, ldw, x + j * ldx, ldx, K, out + j * ldo, ldo); break;
+    case 1: dot_block<NB, 1>(w, ldw, x + j * ldx, ldx, K, out + j * ldo, ldo); break;
+    default: break;
+  }
+}
+
+struct LoraArgs {
+  const float* x;        // (M, K) fp32 contiguous
+  int64_t M, K, N, r, n_adapters;
+  const float* bias;     // (N,) or null
+  const int64_t* ids;    // (M,) or null (single adapter: every row uses adapter 0)
+  const float* scales;   // (n_adapters,)
+  float* t;              // (M, r) shrink result
+  float* y;              // (M, N) fp32 out
+};
+
+// Shrink: t[m, j] = x[m] · A[id_m, j]. Work items are (adapter, rank row); rows of other adapters are skipped.
+template <typename LT>
+void shrink(const LoraArgs& a, const LT* A) {
+  const int64_t items = a.n_adapters * a.r;
+#pragma omp for schedule(static)
+  for (int64_t it = 0; it < items; ++it) {
+    const int64_t ad = it / a.r, j = it % a.r;
+    const LT* arow = A + it * a.K;
+    for (int64_t m = 0; m < a.M; ++m) {
+      if (a.ids && a.ids[m] != ad) continue;
+      dot_block<1, 1>(arow, a.K, a.x + m * a.K, a.K, a.K, a.t + m * a.r + j, 1);
+    }
+  }
+}
+
+// Epilogue for W rows [n0, n0+nb): y[m, n] += bias[n] + s_id · t[m] · B[id_m, n].
+template <typename LT>
+inline void epilogue(const LoraArgs& a, const LT* B, int64_t n0, int64_t nb) {
+  for (int64_t m = 0; m < a.M; ++m) {
+    float* yrow = a.y + m * a.N;
+    const int64_t ad = a.ids ? a.ids[m] : 0;
+    for (int64_t n = n0; n < n0 + nb; ++n) {
+      float v = yrow[n] + (a.bias ? a.bias[n] : 0.f);
+      if (B && ad >= 0) {
+        const LT* brow = B + (ad * a.N + n) * a.r;
+        const float* trow = a.t + m * a.r;
+        float d = 0.f;
+        for (int64_t j = 0; j < a.r; ++j) d += trow[j] * to_f(brow[j]);
+        v += a.scales[ad] * d;
+      }
+      yrow[n] = v;
+    }
+  }
+}
+
+template <typename WT, typename LT>
+void lora_linear_impl(const LoraArgs& a, const WT* W, int64_t ldw, const LT* A, const LT* B) {
+  const int64_t nblocks = (a.N + kRowBlock - 1) / kRowBlock;
+  const int nthreads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), nblocks));
+  std::vector<float> scratch(static_cast<size_t>(nthreads) * kRowBlock * a.M);
+#pragma omp parallel num_threads(nthreads)
+  {
+    if (A) shrink(a, A);  // ends with the omp-for barrier: t is complete before any epilogue reads it
+    float* buf = scratch.data() + static_cast<size_t>(omp_get_thread_num()) * kRowBlock * a.M;
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nblocks; ++blk) {
+      const int64_t n0 = blk * kRowBlock, nb = std::min<int64_t>(kRowBlock, a.N - n0);
+      if (nb == kRowBlock) {
+        dot_rows<kRowBlock>(W + n0 * ldw, ldw, a.x, a.K, a.K, a.M, buf, kRowBlock);
+      } else {
+        for (int64_t i = 0; i < nb; ++i) dot_rows<1>(W + (n0 + i) * ldw, ldw, a.x, a.K, a.K, a.M, buf + i, kRowBlock);
+      }
+      for (int64_t m = 0; m < a.M; ++m)
+        for (int64_t i = 0; i < nb; ++i) a.y[m * a.N + n0 + i] = buf[m * kRowBlock + i];
+      epilogue(a, B, n0, nb);
+    }
+  }
+}
+
+template <typename WT>
+void dispatch_lora(const LoraArgs& a, const WT* W, int64_t ldw, const at::Tensor& A, const at::Tensor& B) {
+  if (!A.defined()) return lora_linear_impl<WT, float>(a, W, ldw, nullptr, nullptr);
+  switch (A.scalar_type()) {
+    case at::kFloat: return lora_linear_impl(a, W, ldw, A.data_ptr<float>(), B.data_ptr<float>());
+    case at::kBFloat16:
+      return lora_linear_impl(a, W, ldw, A.data_ptr<c10::BFloat16>(), B.data_ptr<c10::BFloat16>());
+    case at::kHalf: return lora_linear_impl(a, W, ldw, A.data_ptr<c10::Half>(), B.data_ptr<c10::Half>());
+    default: TORCH_CHECK(false, "lora_a dtype ", A.scalar_type(), " not supported (float32, bfloat16, float16)");
+  }
+}
+
+bool floating_ok(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
+
+}  // namespace
+
+// x (..., K); weight (N, K); lora_a (r, K) | (n, r, K); lora_b (N, r) | (n, N, r); scale a float, or scales (n,)
+// per adapter when given; bias (N,); adapter_ids (M,) int with -1 = base only. Returns (..., N) in x.dtype.
+at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& lora_a,
+                           const c10::optional<at::Tensor>& lora_b, double scale,
+                           const c10::optional<at::Tensor>& scales_opt, const c10::optional<at::Tensor>& bias,
+                           const c10::optional<at::Tensor>& adapter_ids) {
+  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "lora_linear_cpu: tensors must be on CPU");
+  TORCH_CHECK(weight.dim() == 2, "weight must be (N, K), got ", weight.sizes());
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), "x last dim ", x.size(-1), " != weight K ", weight.size(1));
+  TORCH_CHECK(floating_ok(x.scalar_type()) && floating_ok(weight.scalar_type()), "x/weight must be fp32/bf16/fp16");
+  const int64_t K = weight.size(1), N = weight.size(0);
+  at::Tensor xf = x.reshape({-1, K}).to(at::kFloat).contiguous();
+  const int64_t M = xf.size(0);
+  at::Tensor w = weight.stride(1) == 1 ? weight : weight.contiguous();
+  at::Tensor y = at::empty({M, N}, xf.options());
+  LoraArgs a{xf.data_ptr<float>(), M, K, N, 0, 1, nullptr, nullptr, nullptr, nullptr, y.data_ptr<float>()};
+  at::Tensor bf, A, B, ids, scales, t;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->numel() == N, "bias must have N=", N, " elements, got ", bias->numel());
+    bf = bias->to(at::kFloat).contiguous();
+    a.bias = bf.data_ptr<float>();
+  }
+  const bool multi = adapter_ids.has_value() && adapter_ids->defined();
+  if (lora_a.has_value() && lora_a->defined()) {
+    TORCH_CHECK(lora_b.has_value() && lora_b->defined(), "lora_b is required with lora_a");
+    A = lora_a->contiguous();
+    B = lora_b->to(A.scalar_type()).contiguous();
+    TORCH_CHECK(floating_ok(A.scalar_type()), "lora_a must be fp32/bf16/fp16");
+    TORCH_CHECK(A.dim() == (multi ? 3 : 2) && B.dim() == A.dim(), "lora_a/lora_b must be ", multi ? "3-D" : "2-D",
+                " (stacked per adapter iff adapter_ids is given), got ", A.sizes(), " and ", B.sizes());
+    a.n_adapters = multi ? A.size(0) : 1;
+    a.r = A.size(-2);
+    TORCH_CHECK(A.size(-1) == K && B.size(-2) == N && B.size(-1) == a.r && (!multi || B.size(0) == a.n_adapters),
+                "lora shapes: lora_a ", A.sizes(), ", lora_b ", B.sizes(), " do not fit K=", K, " N=", N);
+    if (scales_opt.has_value() && scales_opt->defined()) {
+      TORCH_CHECK(scales_opt->numel() == a.n_adapters || scales_opt->numel() == 1,
+                  "scales must have one value per adapter (", a.n_adapters, "), got ", scales_opt->numel());
+      scales = scales_opt->to(at::kFloat).reshape({-1}).expand({a.n_adapters}).contiguous();
+    } else {
+      scales = at::full({a.n_adapters}, scale, xf.options());
+    }
+    a.scales = scales.data_ptr<float>();
+    t = at::zeros({M, std::max<int64_t>(a.r, 1)}, xf.options());
+    a.t = t.data_ptr<float>();
+    if (multi) {
+      ids = adapter_ids->to(at::kLong).reshape({-1}).contiguous();
+      TORCH_CHECK(ids.numel() == M, "adapter_ids must have one id per row of x (", M, "), got ", ids.numel());
+      TORCH_CHECK(M == 0 || (ids.min().item<int64_t>() >= -1 && ids.max().item<int64_t>() < a.n_adapters),
+                  "adapter_ids must lie in [-1, ", a.n_adapters, ")");
+      a.ids = ids.data_ptr<int64_t>();
+    }
+  }
+  if (M > 0 && N > 0) {
+    switch (w.scalar_type()) {
+      case at::kFloat: dispatch_lora(a, w.data_ptr<float>(), w.stride(0), A, B); break;
+      case at::kBFloat16: dispatch_lora(a, w.data_ptr<c10::BFloat16>(), w.stride(0), A, B); break;
+      default: dispatch_lora(a, w.data_ptr<c10::Half>(), w.stride(0), A, B); break;
+    }
+  }
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end() - 1);
+  out_shape.push_back(N);
+  return y.to(x.scalar_type()).reshape(out_shape);
+}
+
+}  // namespace duomem
