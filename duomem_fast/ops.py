@@ -1,27 +1,68 @@
 """The op dispatcher: the engine's model calls only these functions.
 
-CUDA tensors go to the Triton kernels; CPU tensors to the C++ build (`duomem_fast._C`) when present, else to the
-pure-torch references in `duomem_fast.kernels.reference`. The path taken is logged once per op and device.
-`set_backend("reference")` forces the readable path (tests run both).
+CUDA tensors go to the Triton kernels (`duomem_fast.kernels.*`); CPU tensors to the C++ build
+(`torch.ops.duomem.*` from `duomem_fast._C`) when present, else to the pure-torch references in
+`duomem_fast.kernels.reference`. The path taken is logged once per op and path. `set_backend("reference")` forces the
+readable path (tests run both and compare).
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
+import math
 
+import torch
 from torch import Tensor
 
+from duomem_fast.kernels import checks
 from duomem_fast.kernels import reference as ref
 
 log = logging.getLogger("duomem_fast.ops")
 _FORCED: str | None = None
 _SAID: set[tuple[str, str]] = set()
+BACKENDS = ("reference", "native", "triton")
+
+
+def _load_native() -> bool:
+    try:
+        importlib.import_module("duomem_fast._C")
+    except ImportError as e:  # no build (DUOMEM_NO_NATIVE=1, or built for another torch): readable path instead
+        log.info("duomem_fast._C not loaded (%s): CPU ops use the pure-torch references", e)
+        return False
+    _register_fakes()
+    return True
+
+
+def _register_fakes() -> None:
+    """Meta implementations so torch.compile / FakeTensor can trace through torch.ops.duomem.*."""
+    @torch.library.register_fake("duomem::lora_linear")
+    def _(x, weight, lora_a, lora_b, scale, scales, bias, adapter_ids):
+        return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+    @torch.library.register_fake("duomem::prefix_attention")
+    def _(q, k_prefix, v_prefix, k_suffix, v_suffix, suffix_lens, scale):
+        return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+    @torch.library.register_fake("duomem::merge_attention")
+    def _(o_a, lse_a, o_b, lse_b):
+        return torch.empty_like(o_a), torch.empty_like(lse_a, dtype=torch.float32)
+
+
+HAS_NATIVE = _load_native()
+HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 def set_backend(name: str | None) -> None:
     """Force a backend for every op: "reference", "native", "triton", or None for automatic choice."""
     global _FORCED
-    if name not in (None, "reference", "native", "triton"):
+    if name is not None and name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}: expected 'reference', 'native', 'triton' or None")
+    if name == "native" and not HAS_NATIVE:
+        raise ValueError("backend 'native' requested but duomem_fast._C is not built (pip install -e . without "
+                         "DUOMEM_NO_NATIVE=1)")
+    if name == "triton" and not HAS_TRITON:
+        raise ValueError("backend 'triton' requested but triton is not installed")
     _FORCED = name
 
 
@@ -29,7 +70,9 @@ def backend(device_type: str = "cpu") -> str:
     """The backend the dispatcher uses for tensors on `device_type`."""
     if _FORCED is not None:
         return _FORCED
-    return "reference"
+    if device_type == "cuda":
+        return "triton" if HAS_TRITON else "reference"
+    return "native" if HAS_NATIVE and device_type == "cpu" else "reference"
 
 
 def _say(op: str, path: str) -> None:
@@ -40,20 +83,53 @@ def _say(op: str, path: str) -> None:
 
 def lora_linear(x: Tensor, weight: Tensor, lora_a: Tensor | None = None, lora_b: Tensor | None = None,
                 scale: float | Tensor = 1.0, bias: Tensor | None = None, adapter_ids: Tensor | None = None) -> Tensor:
-    """y = x Wᵀ + s·(x Aᵀ) Bᵀ (+ bias). x: (..., K), weight (N, K), lora_a (r, K), lora_b (N, r); see reference."""
-    _say("lora_linear", backend(x.device.type))
+    """y = x Wᵀ + s·(x Aᵀ) Bᵀ (+ bias), fp32 accumulation, output in x.dtype.
+
+    x: (..., K); weight: (N, K); lora_a (r, K), lora_b (N, r); multi-adapter: lora_a (n, r, K), lora_b (n, N, r),
+    adapter_ids (M,) with -1 = base only, scale a float or (n,). Returns (..., N).
+    """
+    checks.check_lora_linear(x, weight, lora_a, lora_b, bias, adapter_ids)
+    path = backend(x.device.type)
+    _say("lora_linear", path)
+    if path == "native":
+        scales = scale if isinstance(scale, Tensor) else None
+        s = 1.0 if scales is not None else float(scale)
+        return torch.ops.duomem.lora_linear(x, weight, lora_a, lora_b, s, scales, bias, adapter_ids)
+    if path == "triton":
+        from duomem_fast.kernels.lora_linear import lora_linear as tl_lora_linear
+        return tl_lora_linear(x, weight, lora_a, lora_b, scale, bias, adapter_ids)
     return ref.lora_linear_ref(x, weight, lora_a, lora_b, scale, bias, adapter_ids)
 
 
 def prefix_attention(q: Tensor, k_prefix: Tensor | None, v_prefix: Tensor | None, k_suffix: Tensor | None = None,
                      v_suffix: Tensor | None = None, suffix_lens: Tensor | None = None, scale: float | None = None,
                      return_lse: bool = False):
-    """q (B, T, Hq, D) over a shared prefix KV (P, Hkv, D) and own suffix KV (B, S, Hkv, D); see reference."""
-    _say("prefix_attention", backend(q.device.type))
+    """Attention of B sequences' last T tokens over one shared prefix KV plus each sequence's own causal suffix KV.
+
+    q: (B, T, Hq, D); k/v_prefix: (P, Hkv, D) shared; k/v_suffix: (B, S, Hkv, D) right-padded, suffix_lens (B,).
+    Returns o (B, T, Hq, D) in q.dtype, plus lse (B, T, Hq) fp32 if return_lse. See `prefix_attention_ref`.
+    """
+    checks.check_prefix_attention(q, k_prefix, v_prefix, k_suffix, v_suffix, suffix_lens)
+    path = backend(q.device.type)
+    _say("prefix_attention", path)
+    if path == "native":
+        s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+        o, lse = torch.ops.duomem.prefix_attention(q, k_prefix, v_prefix, k_suffix, v_suffix, suffix_lens, s)
+        return (o, lse) if return_lse else o
+    if path == "triton":
+        from duomem_fast.kernels.prefix_attention import prefix_attention as tl_prefix_attention
+        return tl_prefix_attention(q, k_prefix, v_prefix, k_suffix, v_suffix, suffix_lens, scale, return_lse)
     return ref.prefix_attention_ref(q, k_prefix, v_prefix, k_suffix, v_suffix, suffix_lens, scale, return_lse)
 
 
 def merge_attention(o_a: Tensor, lse_a: Tensor, o_b: Tensor, lse_b: Tensor) -> tuple[Tensor, Tensor]:
     """Exact merge of two partial attentions through their log-sum-exp. o (..., H, D), lse (..., H)."""
-    _say("merge_attention", backend(o_a.device.type))
+    checks.check_merge_attention(o_a, lse_a, o_b, lse_b)
+    path = backend(o_a.device.type)
+    _say("merge_attention", path)
+    if path == "native":
+        return torch.ops.duomem.merge_attention(o_a, lse_a, o_b, lse_b)
+    if path == "triton":
+        from duomem_fast.kernels.prefix_attention import merge_attention as tl_merge_attention
+        return tl_merge_attention(o_a, lse_a, o_b, lse_b)
     return ref.merge_attention_ref(o_a, lse_a, o_b, lse_b)
