@@ -42,11 +42,11 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("duomem::prefix_attention")
     def _(q, k_prefix, v_prefix, k_suffix, v_suffix, suffix_lens, scale):
-        return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+        return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
 
     @torch.library.register_fake("duomem::merge_attention")
     def _(o_a, lse_a, o_b, lse_b):
-        return torch.empty_like(o_a), torch.empty_like(lse_a, dtype=torch.float32)
+        return o_a.new_empty(o_a.shape), lse_a.new_empty(lse_a.shape, dtype=torch.float32)
 
 
 HAS_NATIVE = _load_native()

@@ -83,7 +83,7 @@ def _merge_attention_kernel(oa_ptr, la_ptr, ob_ptr, lb_ptr, o_ptr, l_ptr, R, D: 
     ob = tl.load(ob_ptr + rr[:, None] * D + rd[None, :], mask=mask, other=0.0).to(tl.float32)
     o = (oa * wa[:, None] + ob * wb[:, None]) / tl.maximum(den, 1e-30)[:, None]
     tl.store(o_ptr + rr[:, None] * D + rd[None, :], o.to(o_ptr.dtype.element_ty), mask=mask)
-    tl.store(l_ptr + rr, m + tl.log(den), mask=r_ok)
+    tl.store(l_ptr + rr, tl.where(den > 0, m + tl.log(tl.maximum(den, 1e-30)), float("-inf")), mask=r_ok)
 
 
 def _attend(q: Tensor, k: Tensor, v: Tensor, lens: Tensor | None, shared: bool, scale: float) -> tuple[Tensor, Tensor]:
