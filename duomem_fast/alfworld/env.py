@@ -106,8 +106,12 @@ class AlfEnv:
             raise ValueError("step() before reset()")
         if self.done:
             raise ValueError(f"episode is over (won={self.state['won']}, steps={self.steps}); call reset()")
+        action = " ".join(str(action).split())
         t0 = time.perf_counter()
-        self.state, _, _ = self._env.step(str(action).strip())
+        if action:  # an empty command is a wasted step; the game itself would echo a parser error for it
+            self.state, _, _ = self._env.step(action)
+        else:
+            self.state = {**self.state, "feedback": NOTHING}
         self.clock.step += time.perf_counter() - t0
         self.clock.steps += 1
         self.steps += 1

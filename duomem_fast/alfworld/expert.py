@@ -6,6 +6,7 @@ Here a successful `move X to Y` is shown to its state tracker as `put X to Y`.
 """
 from __future__ import annotations
 
+import hashlib
 import random
 from contextlib import contextmanager
 
@@ -22,8 +23,11 @@ class _MoveIsPut:
         return super().update_state_tracking(game_state, last_action)
 
 
-def _agent_class():
+def _agent_class(fix_move: bool = True):
     from alfworld.agents.expert.handcoded_expert_tw import HandCodedTWAgent
+
+    if not fix_move:
+        return HandCodedTWAgent
 
     class FixedHandCodedTWAgent(HandCodedTWAgent):
         def get_task_policy(self, task_param):
@@ -46,12 +50,13 @@ class ExpertPolicy:
     """Teacher policy: reads the env's facts (attach the env first; `run_episode` does it).
 
     seed: the expert breaks ties with `random`; its own generator state is kept apart from the global one.
+    fix_move: False plays alfworld's expert as shipped (for comparison).
     """
 
     name = "expert"
 
-    def __init__(self, seed: int = 0, max_steps: int = 200):
-        self.seed = seed
+    def __init__(self, seed: int = 0, max_steps: int = 200, fix_move: bool = True):
+        self.seed, self.fix_move = seed, fix_move
         self.max_steps = max_steps
         self.env: AlfEnv | None = None
         self.failed = False
@@ -65,11 +70,13 @@ class ExpertPolicy:
     def begin(self, task: str, task_type: str, observation: str, admissible: list[str]) -> None:
         if self.env is None or self.env.state is None:
             raise ValueError("ExpertPolicy needs attach(env) after env.reset() before begin()")
-        agent = _agent_class()(max_steps=self.max_steps)
+        agent = _agent_class(self.fix_move)(max_steps=self.max_steps)
         agent.task_params = task_params(self.env.game.traj_path)
         agent.policy = agent.get_task_policy(agent.task_params)(agent.task_params, max_steps=self.max_steps)
         self._agent, self._last, self.failed = agent, "", False
-        self._rng_state = random.Random(f"{self.seed}:{self.env.game.id}").getstate()
+        game = read_json(self.env.game.path, ("pddl_problem", "grammar"))  # same game, same choices, wherever
+        game_digest = hashlib.sha1((game["pddl_problem"] + game["grammar"]).encode()).hexdigest()
+        self._rng_state = random.Random(f"{self.seed}:{game_digest}").getstate()
         agent.observe(self.env.state["feedback"])
 
     def act(self, observation: str, admissible: list[str]) -> str:

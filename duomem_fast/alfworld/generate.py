@@ -137,6 +137,7 @@ def build_suite(out_root, counts: dict, seed: int = 0, workers: int = 2, progres
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     _mark(out_root, seed)
+    shutil.rmtree(out_root / DATA_DIR / ".scratch", ignore_errors=True)  # left by a killed run
     jobs = []
     for split, n in counts.items():
         done = done_slots(out_root, split, seed)
@@ -147,7 +148,8 @@ def build_suite(out_root, counts: dict, seed: int = 0, workers: int = 2, progres
 def _run(jobs: list[tuple], workers: int, progress: bool) -> list[dict]:
     from tqdm import tqdm
 
-    bar = tqdm(total=len(jobs), disable=not progress, desc="games", unit="game", file=sys.stderr)
+    bar = tqdm(total=len(jobs), disable=not progress, desc="games", unit="game", file=sys.stderr, mininterval=2,
+               miniters=1)
     results = []
     if workers == 1:
         for job in jobs:
