@@ -29,12 +29,13 @@ def eval_cmd(agent: str = "duomem", data: str | None = None, split: str = "valid
              max_steps: int = 50, workers: int = 2, out: str = "runs/eval", progress: bool = True,
              suite_games: int = SUITE_GAMES, seed: int = 0) -> dict:
     """Play the first `games` games of `split` with one agent; write the report into `out`."""
-    from .harness.agents import build_agent
+    from .harness.agents import build_agent, parse_agent
     from .harness.evaluate import ensure_suite, evaluate
 
     cfg = _config(data, split, games, max_steps, workers, out, progress)
+    spec = parse_agent(agent)                      # a bad spec fails before any game is built
     ensure_suite(cfg, max(suite_games, games), seed)
-    summary = evaluate([build_agent(agent)], cfg, command_name="eval")
+    summary = evaluate([build_agent(spec)], cfg, command_name="eval")
     _print_summary(summary, cfg.out)
     return summary
 
@@ -44,12 +45,12 @@ def compare_cmd(student: str = "duomem", teacher: str = "expert", ablation: bool
                 out: str = "runs/compare", progress: bool = True, suite_games: int = SUITE_GAMES,
                 seed: int = 0) -> dict:
     """Student vs teacher on the same games in the same order (ablation: base/+memories/+LoRA/DuoMem too)."""
-    from .harness.agents import build_agent
+    from .harness.agents import build_agent, parse_agent
     from .harness.evaluate import ensure_suite, evaluate
 
     cfg = _config(data, split, games, max_steps, workers, out, progress)
+    specs = [parse_agent(s) for s in [student, teacher] + ([a for a in ABLATION if a != student] if ablation else [])]
     ensure_suite(cfg, max(suite_games, games), seed)
-    specs = [student, teacher] + ([s for s in ABLATION if s != student] if ablation else [])
     summary = evaluate([build_agent(s) for s in specs], cfg, pair=True, command_name="compare")
     _print_summary(summary, cfg.out)
     return summary
