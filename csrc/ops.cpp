@@ -17,10 +17,74 @@ std::tuple<at::Tensor, at::Tensor> prefix_attention_cpu(
 std::tuple<at::Tensor, at::Tensor> merge_attention_cpu(const at::Tensor& o_a, const at::Tensor& lse_a,
                                                        const at::Tensor& o_b, const at::Tensor& lse_b);
 #ifdef WITH_CUDA
+}  // namespace duomem
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_bf16.h>
+extern "C" cudaError_t duomem_lora_linear_f32(const float*, const float*, const float*, const float*, const float*,
+                                              const int64_t*, const float*, float*, int, int, int, int, cudaStream_t);
+extern "C" cudaError_t duomem_lora_linear_bf16(const float*, const __nv_bfloat16*, const __nv_bfloat16*,
+                                               const __nv_bfloat16*, const float*, const int64_t*, const float*,
+                                               float*, int, int, int, int, cudaStream_t);
+extern "C" cudaError_t duomem_merge_attention_f32(const float*, const float*, const float*, const float*, float*,
+                                                  float*, int64_t, int, cudaStream_t);
+namespace duomem {
+
+// CUDA lora_linear: the .cu kernels take contiguous fp32 x and fp32 or bf16 W/A/B (A/B follow W's dtype here).
 at::Tensor lora_linear_cuda(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& lora_a,
                             const c10::optional<at::Tensor>& lora_b, double scale,
                             const c10::optional<at::Tensor>& scales, const c10::optional<at::Tensor>& bias,
-                            const c10::optional<at::Tensor>& adapter_ids);
+                            const c10::optional<at::Tensor>& adapter_ids) {
+  TORCH_CHECK(x.is_cuda() && weight.is_cuda(), "lora_linear_cuda: tensors must be on CUDA");
+  const int64_t K = weight.size(1), N = weight.size(0);
+  const bool bf16 = weight.scalar_type() == at::kBFloat16;
+  const auto wt = bf16 ? at::kBFloat16 : at::kFloat;
+  at::Tensor xf = x.reshape({-1, K}).to(at::kFloat).contiguous(), w = weight.to(wt).contiguous();
+  const int64_t M = xf.size(0);
+  at::Tensor y = at::empty({M, N}, xf.options());
+  const bool has_lora = lora_a.has_value() && lora_a->defined();
+  const bool multi = adapter_ids.has_value() && adapter_ids->defined();
+  at::Tensor A, B, s, ids, bf;
+  int64_t r = 0, n_ad = 1;
+  if (has_lora) {
+    A = lora_a->to(wt).contiguous();
+    B = lora_b.value().to(wt).contiguous();
+    r = A.size(-2);
+    n_ad = multi ? A.size(0) : 1;
+    s = (scales.has_value() && scales->defined()) ? scales->to(xf.options()).reshape({-1}).expand({n_ad}).contiguous()
+                                                  : at::full({n_ad}, scale, xf.options());
+  }
+  if (multi) ids = adapter_ids->to(x.device(), at::kLong).reshape({-1}).contiguous();
+  if (bias.has_value() && bias->defined()) bf = bias->to(xf.options()).contiguous();
+  auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; };
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  cudaError_t err = bf16
+      ? duomem_lora_linear_bf16(xf.data_ptr<float>(), static_cast<const __nv_bfloat16*>(ptr(w)),
+                                static_cast<const __nv_bfloat16*>(ptr(A)), static_cast<const __nv_bfloat16*>(ptr(B)),
+                                static_cast<const float*>(ptr(bf)), static_cast<const int64_t*>(ptr(ids)),
+                                static_cast<const float*>(ptr(s)), y.data_ptr<float>(), M, N, K, r, stream)
+      : duomem_lora_linear_f32(xf.data_ptr<float>(), w.data_ptr<float>(), static_cast<const float*>(ptr(A)),
+                               static_cast<const float*>(ptr(B)), static_cast<const float*>(ptr(bf)),
+                               static_cast<const int64_t*>(ptr(ids)), static_cast<const float*>(ptr(s)),
+                               y.data_ptr<float>(), M, N, K, r, stream);
+  TORCH_CHECK(err == cudaSuccess, "duomem lora_linear CUDA launch failed: ", cudaGetErrorString(err));
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
+  shape.push_back(N);
+  return y.to(x.scalar_type()).reshape(shape);
+}
+
+std::tuple<at::Tensor, at::Tensor> merge_attention_cuda(const at::Tensor& o_a, const at::Tensor& lse_a,
+                                                        const at::Tensor& o_b, const at::Tensor& lse_b) {
+  TORCH_CHECK(o_a.sizes() == o_b.sizes() && lse_a.sizes() == lse_b.sizes(), "merge_attention: shapes differ");
+  const int64_t D = o_a.size(-1), R = lse_a.numel();
+  at::Tensor oa = o_a.to(at::kFloat).contiguous(), ob = o_b.to(at::kFloat).contiguous();
+  at::Tensor la = lse_a.to(at::kFloat).contiguous(), lb = lse_b.to(at::kFloat).contiguous();
+  at::Tensor o = at::empty_like(oa), lse = at::empty_like(la);
+  cudaError_t err = duomem_merge_attention_f32(oa.data_ptr<float>(), la.data_ptr<float>(), ob.data_ptr<float>(),
+                                               lb.data_ptr<float>(), o.data_ptr<float>(), lse.data_ptr<float>(), R,
+                                               static_cast<int>(D), c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "duomem merge_attention CUDA launch failed: ", cudaGetErrorString(err));
+  return {o.to(o_a.scalar_type()), lse};
+}
 #endif
 }  // namespace duomem
 
@@ -39,7 +103,12 @@ TORCH_LIBRARY_IMPL(duomem, CPU, m) {
 }
 
 #ifdef WITH_CUDA
-TORCH_LIBRARY_IMPL(duomem, CUDA, m) { m.impl("lora_linear", &duomem::lora_linear_cuda); }
+// CUDA prefix_attention goes through the Triton launcher in duomem_fast.ops; the .cu pass kernel
+// (duomem_prefix_attention_f32) is exported for C callers.
+TORCH_LIBRARY_IMPL(duomem, CUDA, m) {
+  m.impl("lora_linear", &duomem::lora_linear_cuda);
+  m.impl("merge_attention", &duomem::merge_attention_cuda);
+}
 #endif
 
 // An importable module (`import duomem_fast._C`) whose import runs the registrations above.
