@@ -1,0 +1,296 @@
+"""The agent's use of the model, end to end: a playbook prefix, then steps of (append observation, decode a command).
+
+    python benchmarks/bench_agent_step.py [--steps 20] [--playbook 2000] [--threads 1] [--json runs/agent_step.json]
+
+Default model (SmolLM2-135M-Instruct, fp32) with a random LoRA adapter (r=16 on all linear layers, nonzero B).
+A playbook of --playbook tokens, then --steps steps each appending a 60-token observation and decoding 12 tokens
+greedily (EOS ignored, so every engine does the same work). Engines, in one process, on the same token ids:
+  1. hf+peft re-encode   transformers + peft, adapter unmerged, the whole prompt re-encoded every step (what people
+                         do today; timed on --reencode-steps of the steps, its history taken from the reference)
+  2. hf merged+cache     transformers, adapter merged, playbook and history KV kept in a DynamicCache (best practice)
+  3. llama.cpp           llama-cpp-python on the same weights (skipped with a message when not installed)
+  4. ours unmerged       duomem_fast Engine, adapter applied per layer (fused lora_linear)
+  5. ours merged         duomem_fast Engine, adapter merged
+Correctness gate first: each engine's greedy tokens must equal transformers' with the adapter merged (engine 2) on
+the first --gate-steps steps; an engine that fails reports no speed. Then per engine: seconds per step (median,
+p10, p90), prefill tok/s (the playbook), decode ms/token, and decode as % of the bandwidth limit (bytes read per
+decode token: weights + adapter + KV at the mean context, over the read bandwidth measured in this run). Finally
+ours (unmerged) at playbooks of 500 and 4,000 tokens: the per-step cost must not grow with the playbook.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from duomem_fast.timing import measure_bandwidth, print_table, write_json
+
+OBS_TOKENS, DECODE_TOKENS = 60, 12
+_PLAYBOOK = ("Task type {i}: to put a {obj} in the {rec}, first go to each place where a {obj} may be: countertop "
+             "{i}, cabinet {j}, drawer {k}. Take the {obj} from where you find it. If it must be cool, go to fridge 1 "
+             "and cool it; if clean, go to sinkbasin 1 and clean it. Then go to {rec} {j}, open it if closed, and "
+             "move the {obj} to {rec} {j}. Check the result before acting again.\n")
+_OBS = ("Step {s}. You arrive at {rec} {s}. On the {rec} {s}, you see a {obj} {j}, a mug {k}, a knife {i}, and a "
+        "spatula {s}. Nothing else happens. Admissible: go to fridge 1, take {obj} {j} from {rec} {s}, open "
+        "cabinet {k}, examine {rec} {s}, inventory, look.\n>")
+_OBJS = ["apple", "tomato", "potato", "mug", "plate", "lettuce", "egg", "bread", "cup", "pan", "spoon", "book"]
+_RECS = ["fridge", "countertop", "cabinet", "drawer", "shelf", "microwave", "sinkbasin", "garbagecan", "desk"]
+
+
+def make_ids(tok, n_playbook: int, steps: int) -> tuple[list[int], list[list[int]]]:
+    """Exactly n_playbook playbook tokens and `steps` observations of exactly OBS_TOKENS tokens each."""
+    def fill(template: str, count: int, n: int) -> list[int]:
+        ids: list[int] = []
+        i = 0
+        while len(ids) < n:
+            ids += tok(template.format(i=i + count, j=(7 * i + 3) % 13 + 1, k=(5 * i + 1) % 11 + 1, s=count + 1,
+                                       obj=_OBJS[(i + count) % 12], rec=_RECS[(3 * i + count) % 9]),
+                       add_special_tokens=False)["input_ids"]
+            i += 1
+        return ids[:n]
+
+    return fill(_PLAYBOOK, 0, n_playbook), [fill(_OBS, s, OBS_TOKENS) for s in range(steps)]
+
+
+# ---- engines: start(playbook) -> prefill seconds; step(obs, n) -> (tokens, append s, decode s) ------------------
+class Ours:
+    def __init__(self, engine):
+        self.engine = engine
+        engine.eos_ids = set()
+
+    def start(self, playbook):
+        self.engine.store = type(self.engine.store)(self.engine.store.budget)  # cold: time a real encode
+        t0 = time.perf_counter()
+        self.session = self.engine.session(self.engine.prefix(playbook))
+        return time.perf_counter() - t0
+
+    def step(self, obs, n):
+        t0 = time.perf_counter()
+        self.session.append(obs)
+        t1 = time.perf_counter()
+        self.session.generate(n)
+        return self.session.tokens[-n:], t1 - t0, time.perf_counter() - t1
+
+
+class HFCached:
+    """transformers with one DynamicCache holding playbook + history; only new tokens are fed."""
+
+    def __init__(self, model):
+        self.model = model
+
+    @torch.inference_mode()
+    def start(self, playbook):
+        from transformers import DynamicCache
+
+        self.cache, self.pending = DynamicCache(config=self.model.config), []
+        t0 = time.perf_counter()
+        self.logits = self.model(torch.tensor([playbook]), past_key_values=self.cache).logits[0, -1]
+        return time.perf_counter() - t0
+
+    @torch.inference_mode()
+    def step(self, obs, n):
+        t0 = time.perf_counter()
+        logits = self.model(torch.tensor([self.pending + obs]), past_key_values=self.cache).logits[0, -1]
+        t1 = time.perf_counter()
+        gen = _greedy(self.model, self.cache, logits, n)
+        self.pending = gen[-1:]
+        return gen, t1 - t0, time.perf_counter() - t1
+
+
+class HFReencode:
+    """transformers (+ peft) re-encoding playbook + history + observation every step, then decoding with a cache."""
+
+    def __init__(self, model):
+        self.model = model
+
+    @torch.inference_mode()
+    def start(self, playbook):
+        self.context = list(playbook)
+        t0 = time.perf_counter()
+        self.model(torch.tensor([playbook]))
+        return time.perf_counter() - t0
+
+    @torch.inference_mode()
+    def step(self, obs, n, history=None):
+        from transformers import DynamicCache
+
+        ids = self.context + obs if history is None else history + obs
+        cache = DynamicCache(config=self.model.config)
+        t0 = time.perf_counter()
+        logits = self.model(torch.tensor([ids]), past_key_values=cache).logits[0, -1]
+        t1 = time.perf_counter()
+        gen = _greedy(self.model, cache, logits, n)
+        self.context = ids + gen
+        return gen, t1 - t0, time.perf_counter() - t1
+
+
+def _greedy(model, cache, logits, n) -> list[int]:
+    gen = [int(logits.argmax())]
+    for _ in range(n - 1):
+        logits = model(torch.tensor([[gen[-1]]]), past_key_values=cache).logits[0, -1]
+        gen.append(int(logits.argmax()))
+    return gen
+
+
+# ---- running and reporting ---------------------------------------------------------------------------------------
+def run_engine(runner, playbook, observations, steps=None, reference=None) -> dict:
+    """Play the steps; `steps` (indices) with `reference` histories for the re-encoding baseline's subset."""
+    prefill = runner.start(playbook)
+    out = {"prefill_s": prefill, "tokens": {}, "step_s": [], "decode_s": []}
+    for s in (range(len(observations)) if steps is None else steps):
+        if steps is not None:
+            history = playbook + [t for i in range(s) for t in observations[i] + reference[i]]
+            gen, ta, td = runner.step(observations[s], DECODE_TOKENS, history=history)
+        else:
+            gen, ta, td = runner.step(observations[s], DECODE_TOKENS)
+        out["tokens"][s] = gen
+        out["step_s"].append(ta + td)
+        out["decode_s"].append(td / (DECODE_TOKENS - 1))  # the first token comes from the append's logits
+    return out
+
+
+def summarize(name, res, n_playbook, reference, gate_steps, bytes_per_token, bandwidth) -> dict:
+    checked = [s for s in res["tokens"] if s < gate_steps or s in (reference or {})][:max(gate_steps, 1)]
+    ok = reference is None or all(res["tokens"][s] == reference[s] for s in checked)
+    equal = sum(res["tokens"][s] == reference.get(s) for s in res["tokens"]) if reference else len(res["tokens"])
+    row = {"engine": name, "gate": "pass" if ok else "FAIL", "steps_equal": f"{equal}/{len(res['tokens'])}"}
+    if not ok:
+        return row
+    steps = sorted(res["step_s"])
+    decode = statistics.median(res["decode_s"])
+    row.update(s_per_step=statistics.median(steps), p10=steps[len(steps) // 10], p90=steps[(9 * len(steps)) // 10],
+               prefill_tok_s=n_playbook / res["prefill_s"], decode_ms_tok=1e3 * decode,
+               pct_bw_limit=100 * bytes_per_token / bandwidth / decode)
+    return row
+
+
+def decode_bytes(engine, mean_context: int, unmerged: bool) -> int:
+    """Bytes one decode token reads: every linear weight, the LM head, the adapter if unmerged, and the KV."""
+    w = engine.decoder.w
+    size = lambda t: t.numel() * t.element_size()  # noqa: E731
+    total = size(w.lm_head) + size(w.norm)
+    for lw in w.layers:
+        total += sum(size(t) for t in (lw.qkv, lw.o, lw.gate_up, lw.down, lw.ln_attn, lw.ln_mlp))
+        if unmerged:
+            total += sum(size(p.a) + size(p.b) for p in lw.lora.values())
+    cfg = engine.config
+    return total + 2 * cfg.num_layers * mean_context * cfg.num_kv_heads * cfg.head_dim * w.embed.element_size()
+
+
+def _hf_models(model_dir, adapter):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    load = lambda: AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()  # noqa: E731
+    return (PeftModel.from_pretrained(load(), adapter).merge_and_unload().eval(),
+            PeftModel.from_pretrained(load(), adapter).eval())
+
+
+def _llama_cpp_row() -> dict:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        print("llama.cpp: skipped (llama-cpp-python is not installed; `pip install llama-cpp-python` builds it "
+              "from source in about 8 minutes)")
+        return {"engine": "llama.cpp F32", "gate": "skipped: llama-cpp-python not installed"}
+    print("llama.cpp: skipped (installed, but exporting the merged adapter to an F32 GGUF is not wired up yet)")
+    return {"engine": "llama.cpp F32", "gate": "skipped: F32 GGUF export not wired"}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--playbook", type=int, default=2000)
+    p.add_argument("--scaling", type=int, nargs="*", default=[500, 4000], help="extra playbook lengths for ours")
+    p.add_argument("--reencode-steps", type=int, default=3, help="steps timed for the re-encoding baseline")
+    p.add_argument("--gate-steps", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default=None, help="write the results here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from duomem_fast import Engine, resolve_model_dir
+    from duomem_fast.model.testing import make_random_adapter
+    from transformers import AutoTokenizer
+
+    model_dir = resolve_model_dir(None)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    playbook, observations = make_ids(tok, args.playbook, args.steps)
+    bandwidth = measure_bandwidth()
+    print(f"read bandwidth in this process ({args.threads} thread(s)): {bandwidth / 1e9:.1f} GB/s", flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_agent_step_"))
+    adapter = make_random_adapter(model_dir, tmp / "adapter", r=16, alpha=32, std=0.02)
+    mean_ctx = args.playbook + (args.steps * (OBS_TOKENS + DECODE_TOKENS)) // 2
+    merged_hf, peft_hf = _hf_models(model_dir, adapter)
+
+    results, rows = {}, []
+    print("running 2. hf merged+cache (the reference) ...", flush=True)
+    results["hf merged+cache"] = run_engine(HFCached(merged_hf), playbook, observations)
+    reference = results["hf merged+cache"]["tokens"]
+    del merged_hf
+    subset = sorted({round(i * (args.steps - 1) / max(args.reencode_steps - 1, 1)) for i in range(args.reencode_steps)})
+    print(f"running 1. hf+peft re-encode on steps {subset} ...", flush=True)
+    results["hf+peft re-encode"] = run_engine(HFReencode(peft_hf), playbook, observations, subset, reference)
+    del peft_hf
+    engines = {}
+    for name, merge in (("ours unmerged", False), ("ours merged", True)):
+        print(f"running {name} ...", flush=True)
+        engines[name] = Engine.from_pretrained(None, adapter=adapter, merge_lora=merge)
+        results[name] = run_engine(Ours(engines[name]), playbook, observations)
+    ours = engines["ours unmerged"]
+    for name in ("hf+peft re-encode", "hf merged+cache", "ours unmerged", "ours merged"):
+        unmerged = name in ("hf+peft re-encode", "ours unmerged")
+        rows.append(summarize(name, results[name], args.playbook, reference, args.gate_steps,
+                              decode_bytes(ours, mean_ctx, unmerged), bandwidth))
+    rows.insert(2, _llama_cpp_row())
+    cols = ["engine", "gate", "steps_equal", "s_per_step", "p10", "p90", "prefill_tok_s", "decode_ms_tok",
+            "pct_bw_limit"]
+    print()
+    print_table(rows, cols)
+    scaling = _scaling(ours, tok, args, bandwidth)
+    targets = _targets(rows)
+    for line in targets:
+        print(line)
+    payload = {"args": vars(args), "bandwidth_Bps": bandwidth, "rows": rows, "scaling": scaling,
+               "targets": targets, "reference_tokens": {str(k): v for k, v in reference.items()}}
+    if args.json:
+        print("wrote", write_json(args.json, payload))
+    return payload
+
+
+def _scaling(engine, tok, args, bandwidth) -> list[dict]:
+    rows = []
+    for n in sorted({*args.scaling, args.playbook}):
+        playbook, observations = make_ids(tok, n, args.steps)
+        res = run_engine(Ours(engine), playbook, observations)
+        mean_ctx = n + (args.steps * (OBS_TOKENS + DECODE_TOKENS)) // 2
+        rows.append(summarize(f"ours unmerged, playbook {n}", res, n, None, 0,
+                              decode_bytes(engine, mean_ctx, True), bandwidth))
+    print("\nper-step cost against playbook length (ours, unmerged):")
+    print_table(rows, ["engine", "s_per_step", "p10", "p90", "prefill_tok_s", "decode_ms_tok", "pct_bw_limit"])
+    return rows
+
+
+def _targets(rows) -> list[str]:
+    r = {row["engine"]: row for row in rows if "s_per_step" in row}
+    out = []
+    if "ours unmerged" in r:
+        u = r["ours unmerged"]
+        if "hf+peft re-encode" in r:
+            out.append(f"ours unmerged vs hf+peft re-encode: {r['hf+peft re-encode']['s_per_step'] / u['s_per_step']:.1f}x"
+                       " faster per step (target >= 20x)")
+        if "hf merged+cache" in r:
+            out.append(f"ours unmerged vs hf merged+cache: {r['hf merged+cache']['s_per_step'] / u['s_per_step']:.2f}x"
+                       " faster per step (target >= 3x)")
+        if "ours merged" in r:
+            out.append(f"unmerged over merged: {100 * (u['s_per_step'] / r['ours merged']['s_per_step'] - 1):+.1f}%"
+                       " per step (target <= +5%)")
+        out.append(f"ours unmerged decode: {u['pct_bw_limit']:.0f}% of the bandwidth limit (target >= 70%)")
+    return out
+
+
+if __name__ == "__main__":
+    main()
