@@ -4,16 +4,18 @@
 //  - Rows of W are taken 4 at a time and each 4-row block meets every row of x while it is hot: x is at most a few
 //    KiB (K=1536 fp32 = 6 KiB per row) and stays in L1, the 4 W rows (24 KiB at K=1536) stay in L1/L2 across the
 //    M-loop, so DRAM sees W once whatever M is (stock GEMV re-reads W per row: ~3.5x for M=4).
-//  - The shrink t = x Aᵀ runs through the same row-dot kernel as W (A's r rows are just more rows), in the same
-//    OpenMP region; after one barrier, the expand s·t Bᵀ and the bias are applied in the epilogue of each W block
-//    before the store, so the delta never makes its own pass over y.
+//  - The shrink t = x Aᵀ runs through the same row-dot kernel as W (A's r rows are just more rows) just before the W
+//    pass; the expand s·t Bᵀ and the bias are applied in the epilogue of each W block while its outputs are in L1,
+//    so the delta never makes its own pass over y.
+//  - Threads split W's rows in chunks through parallel.h (no OpenMP barrier: robust on a loaded 2-core machine).
 //  - Weights fp32, bf16 (AVX-512: widened by a 16-bit shift, exact) or fp16 (F16C), converted in registers.
 //  - Multi-adapter: stacked A (n, r, K) / B (n, N, r), per-row adapter id, -1 = base only.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
-#include <omp.h>
+
+#include "parallel.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -118,19 +120,16 @@ struct LoraArgs {
   float* y;              // (M, N) fp32 out
 };
 
-// Shrink: t[m, j] = x[m] · A[id_m, j]. Work items are (adapter, rank row); rows of other adapters are skipped.
+// Shrink: t[m, j] = x[m] · A[id_m, j], through the same row-dot kernel as W (A's rows are just more rows). Run by
+// the caller before the W pass: r x K is small (64 x 1536 fp32 = 384 KiB, ~3 us), and the expand needs all of t.
 template <typename LT>
 void shrink(const LoraArgs& a, const LT* A) {
-  const int64_t items = a.n_adapters * a.r;
-#pragma omp for schedule(static)
-  for (int64_t it = 0; it < items; ++it) {
-    const int64_t ad = it / a.r, j = it % a.r;
-    const LT* arow = A + it * a.K;
+  for (int64_t ad = 0; ad < a.n_adapters; ++ad)
     for (int64_t m = 0; m < a.M; ++m) {
       if (a.ids && a.ids[m] != ad) continue;
-      dot_block<1, 1>(arow, a.K, a.x + m * a.K, a.K, a.K, a.t + m * a.r + j, 1);
+      for (int64_t j = 0; j < a.r; ++j)
+        dot_block<1, 1>(A + (ad * a.r + j) * a.K, a.K, a.x + m * a.K, a.K, a.K, a.t + m * a.r + j, 1);
     }
-  }
 }
 
 // Epilogue for W rows [n0, n0+nb): y[m, n] += bias[n] + s_id · t[m] · B[id_m, n].
@@ -139,9 +138,11 @@ inline void epilogue(const LoraArgs& a, const LT* B, int64_t n0, int64_t nb) {
   for (int64_t m = 0; m < a.M; ++m) {
     float* yrow = a.y + m * a.N;
     const int64_t ad = a.ids ? a.ids[m] : 0;
+    const bool lora = B && ad >= 0;
+    if (!lora && !a.bias) continue;
     for (int64_t n = n0; n < n0 + nb; ++n) {
       float v = yrow[n] + (a.bias ? a.bias[n] : 0.f);
-      if (B && ad >= 0) {
+      if (lora) {
         const LT* brow = B + (ad * a.N + n) * a.r;
         const float* trow = a.t + m * a.r;
         float d = 0.f;
@@ -153,28 +154,25 @@ inline void epilogue(const LoraArgs& a, const LT* B, int64_t n0, int64_t nb) {
   }
 }
 
+// Rows of W per chunk of work: 32 rows = 8 blocks; 576 rows -> 18 chunks, enough for 2 threads to balance.
+constexpr int64_t kChunkRows = 32;
+
 template <typename WT, typename LT>
 void lora_linear_impl(const LoraArgs& a, const WT* W, int64_t ldw, const LT* A, const LT* B) {
-  const int64_t nblocks = (a.N + kRowBlock - 1) / kRowBlock;
-  const int nthreads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), nblocks));
-  std::vector<float> scratch(static_cast<size_t>(nthreads) * kRowBlock * a.M);
-#pragma omp parallel num_threads(nthreads)
-  {
-    if (A) shrink(a, A);  // ends with the omp-for barrier: t is complete before any epilogue reads it
-    float* buf = scratch.data() + static_cast<size_t>(omp_get_thread_num()) * kRowBlock * a.M;
-#pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < nblocks; ++blk) {
-      const int64_t n0 = blk * kRowBlock, nb = std::min<int64_t>(kRowBlock, a.N - n0);
-      if (nb == kRowBlock) {
-        dot_rows<kRowBlock>(W + n0 * ldw, ldw, a.x, a.K, a.K, a.M, buf, kRowBlock);
+  if (A) shrink(a, A);
+  const int64_t chunks = (a.N + kChunkRows - 1) / kChunkRows;
+  parallel_chunks(chunks, [&](int64_t c) {
+    const int64_t end = std::min(a.N, (c + 1) * kChunkRows);
+    for (int64_t n0 = c * kChunkRows; n0 < end; n0 += kRowBlock) {
+      const int64_t nb = std::min<int64_t>(kRowBlock, end - n0);
+      if (nb == kRowBlock) {  // dots land straight in y (row stride N): no scratch, one store per output
+        dot_rows<kRowBlock>(W + n0 * ldw, ldw, a.x, a.K, a.K, a.M, a.y + n0, a.N);
       } else {
-        for (int64_t i = 0; i < nb; ++i) dot_rows<1>(W + (n0 + i) * ldw, ldw, a.x, a.K, a.K, a.M, buf + i, kRowBlock);
+        for (int64_t i = 0; i < nb; ++i) dot_rows<1>(W + (n0 + i) * ldw, ldw, a.x, a.K, a.K, a.M, a.y + n0 + i, a.N);
       }
-      for (int64_t m = 0; m < a.M; ++m)
-        for (int64_t i = 0; i < nb; ++i) a.y[m * a.N + n0 + i] = buf[m * kRowBlock + i];
       epilogue(a, B, n0, nb);
     }
-  }
+  });
 }
 
 template <typename WT>

@@ -111,3 +111,35 @@ def test_auto_dispatch_matches_reference(use_backend):
     auto = ops.lora_linear(x, w, a, b, 0.5, bias)
     use_backend("reference")
     assert_close(auto, ops.lora_linear(x, w, a, b, 0.5, bias), torch.float32)
+
+
+def test_native_concurrent_callers_and_fork():
+    """The native pool is shared: two Python threads calling at once, and a forked child, still get exact results."""
+    if not ops.HAS_NATIVE:
+        pytest.skip("duomem_fast._C not built")
+    import multiprocessing as mp
+    import threading
+    cases = [make(M, 576, N, 8, torch.float32) for M, N in [(1, 576), (4, 1536), (3, 192)]]
+    want = [lora_linear_ref(x, w, a, b, 0.5, bias) for x, w, a, b, bias in cases]
+    bad = []
+
+    def worker():
+        for _ in range(50):
+            for (x, w, a, b, bias), y in zip(cases, want):
+                got = torch.ops.duomem.lora_linear(x, w, a, b, 0.5, None, bias, None)
+                if not torch.allclose(got, y, atol=1e-4, rtol=1e-4):
+                    bad.append((x.shape, w.shape))
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not bad, bad[:3]
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        assert pool.apply(_fork_check, (cases[1], want[1]), ) is True
+
+
+def _fork_check(case, want):
+    x, w, a, b, bias = case
+    return bool(torch.allclose(torch.ops.duomem.lora_linear(x, w, a, b, 0.5, None, bias, None), want, atol=1e-4))

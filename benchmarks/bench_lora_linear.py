@@ -1,0 +1,147 @@
+"""Benchmark lora_linear on CPU: ours (C++ via duomem_fast.ops) against torch unfused, torch with the adapter merged,
+and peft's LoRA `Linear` forward, on the default model's shapes (and its fused q/k/v, gate/up) and Qwen3-4B's.
+
+    python benchmarks/bench_lora_linear.py [--quick] [--dtype float32|bfloat16] [--json runs/bench_lora_linear.json]
+
+Napkin math beside each time: bytes streamed (W + A + B) / time in GB/s, and % of the read bandwidth measured in the
+same process with the same thread count (decode GEMV is bandwidth-bound: that % is how close to the roofline we are).
+Also collected by `pytest benchmarks/ --benchmark-only` through the test_* functions at the bottom.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from duomem_fast import ops
+from duomem_fast.timing import bench, measure_bandwidth, print_table, write_json
+
+DEFAULT_SHAPES = [(576, 576), (576, 192), (576, 1536), (1536, 576), (576, 960), (576, 3072)]  # (K, N); 960, 3072 fused
+QWEN_SHAPES = [(2560, 2560), (2560, 9728), (9728, 2560)]
+MS, RANKS = [1, 4, 16, 64], [8, 16, 64]
+
+
+def make_case(K: int, N: int, M: int, r: int, dtype: torch.dtype) -> dict:
+    x = torch.randn(M, K, dtype=dtype)
+    w = (torch.randn(N, K) / K ** 0.5).to(dtype)
+    a, b = (torch.randn(r, K) / K ** 0.5).to(dtype), (torch.randn(N, r) / r ** 0.5).to(dtype)
+    merged = (w.float() + 2.0 * b.float() @ a.float()).to(dtype)
+    return dict(x=x, w=w, a=a, b=b, merged=merged, peft=_peft_linear(w, a, b, r))
+
+
+def _peft_linear(w, a, b, r):
+    try:
+        from peft import LoraConfig
+        from peft.tuners.lora import Linear
+    except ImportError:
+        return None
+    base = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=w.dtype)
+    base.weight.data.copy_(w)
+    layer = Linear(base, "default", config=LoraConfig(r=r, lora_alpha=2 * r), r=r, lora_alpha=2 * r).to(w.dtype)
+    layer.lora_A["default"].weight.data.copy_(a)
+    layer.lora_B["default"].weight.data.copy_(b)
+    return layer.eval()
+
+
+def impls(c: dict) -> dict:
+    x, w, a, b = c["x"], c["w"], c["a"], c["b"]
+    fns = {
+        "ours": lambda: ops.lora_linear(x, w, a, b, 2.0),
+        "unfused": lambda: F.linear(x, w) + 2.0 * F.linear(F.linear(x, a), b),
+        "merged": lambda: F.linear(x, c["merged"]),
+    }
+    if c["peft"] is not None:
+        fns["peft"] = lambda: c["peft"](x)
+    return fns
+
+
+def run(shapes, ms, ranks, dtype, reps: int) -> list[dict]:
+    bw = measure_bandwidth()
+    print(f"measured read bandwidth: {bw / 1e9:.1f} GB/s ({torch.get_num_threads()} threads); backend "
+          f"{ops.backend('cpu')}; dtype {dtype}", flush=True)
+    rows = []
+    with torch.inference_mode():
+        for K, N in shapes:
+            for r in ranks:
+                for M in ms:
+                    rows.append(_one(K, N, M, r, dtype, bw, reps))
+                    print_table([rows[-1]], COLUMNS) if len(rows) == 1 else print(_line(rows[-1]), flush=True)
+    return rows
+
+
+def _one(K, N, M, r, dtype, bw, reps) -> dict:
+    c = make_case(K, N, M, r, dtype)
+    nbytes = (N * K + r * (K + N)) * c["w"].element_size()
+    t = {name: bench(fn, warmup=3, reps=reps) for name, fn in impls(c).items()}
+    ours = t["ours"].median
+    row = dict(K=K, N=N, M=M, r=r, ours_us=ours * 1e6, ours_p90_us=t["ours"].p90 * 1e6,
+               unfused_us=t["unfused"].median * 1e6, merged_us=t["merged"].median * 1e6,
+               peft_us=t["peft"].median * 1e6 if "peft" in t else float("nan"),
+               vs_unfused=t["unfused"].median / ours, vs_merged=t["merged"].median / ours,
+               GBps=nbytes / ours / 1e9, pct_bw=100 * nbytes / ours / bw)
+    return row
+
+
+COLUMNS = ["K", "N", "M", "r", "ours_us", "ours_p90_us", "unfused_us", "merged_us", "peft_us", "vs_unfused",
+           "vs_merged", "GBps", "pct_bw"]
+
+
+def _line(row: dict) -> str:
+    return "  ".join(f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in COLUMNS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="default-model shapes, r=16, M in {1, 4}")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--reps", type=int, default=50)
+    p.add_argument("--json", default=None, help="write rows + machine info here")
+    args = p.parse_args(argv)
+    dtype = getattr(torch, args.dtype)
+    if args.quick:
+        rows = run(DEFAULT_SHAPES, [1, 4], [16], dtype, args.reps)
+    else:
+        rows = run(DEFAULT_SHAPES + QWEN_SHAPES, MS, RANKS, dtype, args.reps)
+    print()
+    print_table(rows, COLUMNS)
+    if args.json:
+        write_json(args.json, {"bench": "lora_linear", "dtype": args.dtype, "bandwidth_Bps": measure_bandwidth(),
+                               "backend": ops.backend("cpu"), "rows": rows})
+    return 0
+
+
+# pytest-benchmark entry points (pytest benchmarks/ --benchmark-only): one default-model shape per implementation.
+def _bench_case(benchmark, name: str, M: int):
+    import pytest
+    c = make_case(576, 1536, M, 16, torch.float32)
+    fn = impls(c).get(name)
+    if fn is None:
+        pytest.skip(f"{name} unavailable (peft not installed)")
+    with torch.inference_mode():
+        benchmark(fn)
+
+
+def test_lora_linear_ours_m1(benchmark):
+    _bench_case(benchmark, "ours", 1)
+
+
+def test_lora_linear_unfused_m1(benchmark):
+    _bench_case(benchmark, "unfused", 1)
+
+
+def test_lora_linear_merged_m1(benchmark):
+    _bench_case(benchmark, "merged", 1)
+
+
+def test_lora_linear_peft_m1(benchmark):
+    _bench_case(benchmark, "peft", 1)
+
+
+def test_lora_linear_ours_m4(benchmark):
+    _bench_case(benchmark, "ours", 4)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
