@@ -3,7 +3,7 @@
 Context layout: system prompt (+ playbook when placement="system": what repeats across episodes comes first, so
 its KV is served from the engine's prefix cache), then the first observation with the task (+ playbook when
 placement="after_obs"), then per step only the new observation. The action is either the admissible command the
-model scores highest (mode="score", `conv.choose`) or parsed from a short generation (mode="generate",
+model scores highest (mode="score", `conv.choose`; "help" is not offered) or parsed from a short generation (mode="generate",
 `conv.reply`). Token counts and model seconds come from the engine's own counters.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ from .parse import parse_action
 from .prompts import check_placement, first_user_message, system_message
 
 MODES = ("score", "generate")
+SKIP = ("help",)  # admissible but never useful: its answer is a 700-token command list that bloats the context
 
 
 class EnginePolicy:
@@ -30,13 +31,14 @@ class EnginePolicy:
         self.max_new_tokens = max_new_tokens
         self.name = name or f"engine-{mode}"
         self.conv = None
-        self.step_tokens: list[int] = []  # tokens encoded per act() call (the new observation and its template)
+        self.step_tokens: list[int] = []  # tokens encoded per act() (new turn text, + the candidates when scoring)
+        self.context_lengths: list[int] = []  # context length in tokens after each act()
         self._start = None
         self._first = ""
 
     def begin(self, task: str, task_type: str, observation: str, admissible: list[str]) -> None:
         self._start = self.engine.stats.copy()
-        self.step_tokens = []
+        self.step_tokens, self.context_lengths = [], []
         self.conv = self.engine.chat([{"role": "system", "content": system_message(self.playbook, self.placement)}])
         self._first = first_user_message(observation, self.playbook, self.placement)
 
@@ -48,12 +50,12 @@ class EnginePolicy:
         self.conv.add_user(text)
         action = self._choose(admissible) if self.mode == "score" else self._generate(admissible)
         self.step_tokens.append(self.engine.stats.tokens_encoded - before)
+        self.context_lengths.append(len(self.conv.session))
         return action
 
     def _choose(self, admissible: list[str]) -> str:
-        if not admissible:
-            return "look"
-        return _as_choice(self.conv.choose(list(admissible)), admissible)
+        candidates = [a for a in admissible if a not in SKIP] or ["look"]
+        return _as_choice(self.conv.choose(candidates), candidates)
 
     def _generate(self, admissible: list[str]) -> str:
         reply = self.conv.reply(max_new_tokens=self.max_new_tokens, stop=["\n\n"])
