@@ -36,3 +36,27 @@ def print_report(out_root) -> str:
 
     print(f"suite {out_root} (source: {suite_source(Path(out_root))})")
     return print_table(suite_rows(out_root))
+
+
+def _replay(game_path: str, seed: int, fix_move: bool, max_steps: int) -> dict:
+    from .agent import run_episode
+    from .expert import ExpertPolicy
+    from .games import Game
+
+    traj = json.loads((Path(game_path).parent / TRAJ_FILE).read_text())
+    game = Game(Path(game_path), "train", "generated", traj["task_type"])
+    rec = run_episode(game, ExpertPolicy(seed=seed, fix_move=fix_move), max_steps=max_steps)
+    return {"task_type": traj["task_type"], "won": rec["won"], "steps": rec["steps"]}
+
+
+def replay_suite(out_root, split: str, seed: int = 0, fix_move: bool = True, max_steps: int = 40,
+                 workers: int = 2, task_types: tuple[str, ...] = TASK_TYPES) -> list[dict]:
+    """Play the expert again on every solvable game of a split (e.g. to check a suite, or the unfixed expert)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .games import list_games
+
+    games = [g for g in list_games(out_root, split) if g.task_type in task_types]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(_replay, str(g.path), seed, fix_move, max_steps) for g in games]
+        return [f.result() for f in futures]

@@ -58,3 +58,13 @@ def test_run_games_appends_and_skips_done(tmp_path):
     short = run_games(games, ExpertPolicy(), out, {"teacher": "handcoded"}, max_steps=2)
     assert not short[0]["won"] and short[0]["steps"] == 2 and short[0]["config"] != first[0]["config"]
     assert len(read_records(out)) == 2
+
+
+def test_planner_teacher_under_caps():
+    from duomem_fast.alfworld.planner import PlannerPolicy, plan
+
+    rec = run_episode(SAMPLE / "game.tw-pddl", PlannerPolicy(timeout=120), max_steps=20)
+    assert rec["won"] and rec["agent"] == "planner" and rec["steps"] <= 8
+    assert plan(SAMPLE / "game.tw-pddl", timeout=120, memory_mb=64) is None  # over the memory cap: no plan
+    with pytest.raises(ValueError, match="timeout"):
+        plan(SAMPLE / "game.tw-pddl", timeout=0)
