@@ -187,6 +187,25 @@ void dispatch_lora(const LoraArgs& a, const WT* W, int64_t ldw, const at::Tensor
   }
 }
 
+// Above this many rows the product is compute-bound and MKL's blocked GEMM wins (1 thread, 576x1536: M=8 ours 251 us
+// vs 236 us, M=16 486 vs 372), so prefill goes through ATen: base GEMM, then the LoRA delta as two thin GEMMs.
+constexpr int64_t kGemvMaxRows = 8;
+
+at::Tensor gemm_path(const at::Tensor& xf, const at::Tensor& w, const at::Tensor& A, const at::Tensor& B,
+                     const at::Tensor& scales, const at::Tensor& bias, const at::Tensor& ids, bool multi) {
+  at::Tensor y = bias.defined() ? at::addmm(bias, xf, w.to(at::kFloat).t()) : at::mm(xf, w.to(at::kFloat).t());
+  if (!A.defined()) return y;
+  at::Tensor af = A.to(at::kFloat), bf = B.to(at::kFloat);
+  if (!multi) return y.addmm_(at::mm(xf, af.t()), bf.t(), 1.0, scales[0].item<float>());
+  for (int64_t ad = 0; ad < af.size(0); ++ad) {
+    at::Tensor rows = (ids == ad).nonzero().reshape({-1});
+    if (rows.numel() == 0) continue;
+    at::Tensor t = at::mm(xf.index_select(0, rows), af[ad].t());
+    y.index_add_(0, rows, at::mm(t, bf[ad].t()), scales[ad].item<float>());
+  }
+  return y;
+}
+
 bool floating_ok(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
 
 }  // namespace
@@ -243,7 +262,9 @@ at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
       a.ids = ids.data_ptr<int64_t>();
     }
   }
-  if (M > 0 && N > 0) {
+  if (M > kGemvMaxRows) {
+    y = gemm_path(xf, w, A, B, scales, bf, ids, multi);
+  } else if (M > 0 && N > 0) {
     switch (w.scalar_type()) {
       case at::kFloat: dispatch_lora(a, w.data_ptr<float>(), w.stride(0), A, B); break;
       case at::kBFloat16: dispatch_lora(a, w.data_ptr<c10::BFloat16>(), w.stride(0), A, B); break;
