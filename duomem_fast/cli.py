@@ -27,7 +27,7 @@ def _config(data, split, games, max_steps, workers, out, progress) -> EvalConfig
 
 def eval_cmd(agent: str = "duomem", data: str | None = None, split: str = "valid_unseen", games: int = 10,
              max_steps: int = 50, workers: int = 2, out: str = "runs/eval", progress: bool = True,
-             suite_games: int = SUITE_GAMES, seed: int = 0) -> dict:
+             suite_games: int = SUITE_GAMES, seed: int = 0) -> int:
     """Play the first `games` games of `split` with one agent; write the report into `out`."""
     from .harness.agents import build_agent, parse_agent
     from .harness.evaluate import ensure_suite, evaluate
@@ -36,14 +36,13 @@ def eval_cmd(agent: str = "duomem", data: str | None = None, split: str = "valid
     spec = parse_agent(agent)                      # a bad spec fails before any game is built
     ensure_suite(cfg, max(suite_games, games), seed)
     summary = evaluate([build_agent(spec)], cfg, command_name="eval")
-    _print_summary(summary, cfg.out)
-    return summary
+    return _print_summary(summary, cfg.out)
 
 
 def compare_cmd(student: str = "duomem", teacher: str = "expert", ablation: bool = False, data: str | None = None,
                 split: str = "valid_unseen", games: int = 10, max_steps: int = 50, workers: int = 2,
                 out: str = "runs/compare", progress: bool = True, suite_games: int = SUITE_GAMES,
-                seed: int = 0) -> dict:
+                seed: int = 0) -> int:
     """Student vs teacher on the same games in the same order (ablation: base/+memories/+LoRA/DuoMem too)."""
     from .harness.agents import build_agent, parse_agent
     from .harness.evaluate import ensure_suite, evaluate
@@ -52,8 +51,7 @@ def compare_cmd(student: str = "duomem", teacher: str = "expert", ablation: bool
     specs = [parse_agent(s) for s in [student, teacher] + ([a for a in ABLATION if a != student] if ablation else [])]
     ensure_suite(cfg, max(suite_games, games), seed)
     summary = evaluate([build_agent(s) for s in specs], cfg, pair=True, command_name="compare")
-    _print_summary(summary, cfg.out)
-    return summary
+    return _print_summary(summary, cfg.out)
 
 
 def games_cmd(action: str, data: str | None = None, split: str = "valid_unseen", counts: list[str] | None = None,
@@ -119,7 +117,8 @@ def serve_cmd(model: str | None = None, adapter: str | None = None, merge: bool 
     serve(model=model, adapter=adapter, merge_lora=merge, dtype=dtype, host=host, port=port, model_name=name)
 
 
-def _print_summary(summary: dict, out: Path) -> None:
+def _print_summary(summary: dict, out: Path) -> int:
+    """Print the headline figures; returns the number of episodes that failed with an error (the exit code)."""
     for name, s in summary["agents"].items():
         lo, hi = s["ci95"]
         print(f"{name:>24}: success {s['won']}/{s['games']} = {s['success_rate']:.1%} [{lo:.0%}, {hi:.0%}]  "
@@ -130,6 +129,11 @@ def _print_summary(summary: dict, out: Path) -> None:
         print(f"paired ({p['games']} games): both {p['both']}, only teacher {p['only_teacher']}, "
               f"only student {p['only_student']}, neither {p['neither']}")
     print(f"report: {out / 'report.md'}  summary: {out / 'summary.json'}")
+    errors = sum(len(s.get("errors", [])) for s in summary["agents"].values())
+    if errors:
+        print(f"{errors} episode(s) failed with an error and are not counted: rerun the same command to retry them",
+              file=sys.stderr)
+    return min(errors, 1)
 
 
 def _play_args(p: argparse.ArgumentParser, out: str) -> None:

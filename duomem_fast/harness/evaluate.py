@@ -75,9 +75,9 @@ def run_agent(agent: Agent, games: list, cfg: EvalConfig) -> dict:
     log = EpisodeLog(rdir / "episodes.jsonl")
     plan = dataclasses.replace(agent.plan, play=functools.partial(agent.plan.play, config=fingerprint(config)[:16]))
     before = sum(log.done(plan.game_id(g)) for g in games)
-    seconds = run_games(plan, games, log, RunOptions(cfg.max_steps, cfg.workers, cfg.progress), agent.name)
+    seconds, errors = run_games(plan, games, log, RunOptions(cfg.max_steps, cfg.workers, cfg.progress), agent.name)
     return {"records": log.ordered([plan.game_id(g) for g in games]), "spec": agent.spec.text,
-            "run_dir": str(rdir), "seconds": seconds if before == 0 else None}
+            "run_dir": str(rdir), "seconds": seconds if before == 0 and not errors else None, "errors": errors}
 
 
 def evaluate(agents: list[Agent], cfg: EvalConfig, pair: bool = False, command_name: str = "eval",

@@ -29,7 +29,8 @@ def build_summary(runs: dict[str, dict], meta: dict, pair: tuple[str, str] | Non
     agents = {}
     for name, run in runs.items():
         s = summarize(run["records"], run.get("seconds"))
-        s.update(spec=run.get("spec", name), run_dir=str(run.get("run_dir", "")))
+        s.update(spec=run.get("spec", name), run_dir=str(run.get("run_dir", "")),
+                 errors=[{"game": g, "error": e} for g, e in run.get("errors", [])])
         agents[name] = s
     out = {"meta": meta, "agents": agents}
     if pair:
@@ -112,6 +113,10 @@ def render_markdown(summary: dict, pngs: list) -> str:
              "the whole run divided by its games, which parallel episodes make smaller.", "",
              "## Agents", "", *_agent_table(summary["agents"]), "", "## Success per task type", "",
              *_type_table(summary["agents"]), ""]
+    for name, s in summary["agents"].items():
+        if s.get("errors"):
+            lines += [f"**{name}: {len(s['errors'])} episode(s) failed with an error and are not counted** "
+                      f"(rerun the same command to retry them); first: `{s['errors'][0]['error']}`", ""]
     if "pair" in summary:
         lines += _pair_lines(summary["pair"])
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.as_posix()})" for p in pngs] + [""]

@@ -50,6 +50,7 @@ class _Progress:
     def __init__(self, total: int, done: list[dict], label: str, enabled: bool):
         self.won = sum(bool(r["won"]) for r in done)
         self.n = len(done)
+        self.added = 0
         self.bar = tqdm(total=total, initial=len(done), desc=label, unit="game", disable=not enabled,
                         file=sys.stderr, dynamic_ncols=True)
         self._post()
@@ -58,6 +59,7 @@ class _Progress:
         self.bar.set_postfix_str(f"success {self.won}/{self.n}" + (f" = {self.won / self.n:.0%}" if self.n else ""))
 
     def add(self, record: dict):
+        self.added += 1
         self.n += 1
         self.won += bool(record["won"])
         self._post()
@@ -67,11 +69,19 @@ class _Progress:
         self.bar.close()
 
 
-def run_games(plan: Plan, games: list, log: EpisodeLog, opts: RunOptions, label: str = "") -> float:
-    """Play every game of `games` not yet in `log`; returns the elapsed seconds of this call."""
+MAX_EARLY_ERRORS = 3     # this many failed episodes before any success: the config is broken, stop
+
+
+def run_games(plan: Plan, games: list, log: EpisodeLog, opts: RunOptions, label: str = "") -> tuple[float, list]:
+    """Play every game of `games` not yet in `log`; returns (elapsed seconds of this call, errors).
+
+    An episode that raises is not recorded (a rerun retries it): its (game id, message) goes into `errors` and the
+    other games go on; if the first MAX_EARLY_ERRORS episodes all fail, the first error is raised.
+    """
     ids = [plan.game_id(g) for g in games]
     todo = [g for g, i in zip(games, ids) if not log.done(i)]
     progress = _Progress(len(games), log.ordered(ids), label, opts.progress)
+    progress.errors = []
     t0 = time.perf_counter()
     try:
         if not todo:
@@ -84,26 +94,45 @@ def run_games(plan: Plan, games: list, log: EpisodeLog, opts: RunOptions, label:
             _run_threads(plan, todo, log, opts, progress)
     finally:
         progress.close()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, progress.errors
+
+
+class EpisodeError(RuntimeError):
+    pass
 
 
 def _record(log: EpisodeLog, progress: _Progress, record: dict) -> None:
+    if "error" in record:
+        progress.errors.append((record["game"], record["error"]))
+        tqdm.write(f"episode failed, not recorded (a rerun retries it): {record['game']}: {record['error']}",
+                   file=sys.stderr)
+        if len(progress.errors) >= MAX_EARLY_ERRORS and progress.added == 0:
+            raise EpisodeError(f"the first {MAX_EARLY_ERRORS} episodes failed; first: {progress.errors[0][1]}")
+        return
     if log.append(record):
         progress.add(record)
+
+
+def safe_play(play: Callable, env, game, policy, max_steps: int, game_id: Callable) -> dict:
+    """play(...), or {"game", "error"} if it raised."""
+    try:
+        return play(env, game, policy, max_steps)
+    except Exception as e:
+        return {"game": game_id(game), "error": f"{type(e).__name__}: {e}"}
 
 
 def _run_serial(plan: Plan, todo: list, log: EpisodeLog, opts: RunOptions, progress: _Progress) -> None:
     env = plan.make_env()
     policy = plan.make_policy(env)
     for game in todo:
-        _record(log, progress, plan.play(env, game, policy, opts.max_steps))
+        _record(log, progress, safe_play(plan.play, env, game, policy, opts.max_steps, plan.game_id))
 
 
 def _run_process_pool(plan: Plan, todo: list, log: EpisodeLog, opts: RunOptions, progress: _Progress) -> None:
     workers = min(opts.workers, len(todo))
     with ProcessPoolExecutor(workers, mp_context=_CTX, initializer=init_episode_worker,
                              initargs=(plan.make_env, plan.make_policy, plan.play)) as pool:
-        futures = [pool.submit(play_in_worker, g, opts.max_steps) for g in todo]
+        futures = [pool.submit(play_in_worker, g, opts.max_steps, plan.game_id) for g in todo]
         try:
             for fut in as_completed(futures):
                 _record(log, progress, fut.result())
@@ -128,7 +157,7 @@ def _run_threads(plan: Plan, todo: list, log: EpisodeLog, opts: RunOptions, prog
             except queue.Empty:
                 return
             try:
-                _record(log, progress, plan.play(env, game, policy, opts.max_steps))
+                _record(log, progress, safe_play(plan.play, env, game, policy, opts.max_steps, plan.game_id))
             except BaseException as e:
                 errors.append(e)
 

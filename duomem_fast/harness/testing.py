@@ -14,6 +14,7 @@ class FakeGame:
     task_type: str
     solution: tuple[str, ...]
     split: str = "valid_unseen"
+    explode: bool = False          # reset raises: an episode that fails
 
 
 def fake_games(n: int, types: tuple[str, ...] = ("pick_and_place_simple", "pick_heat_then_place_in_recep")) -> list:
@@ -34,6 +35,8 @@ class FakeEnv:
 
     def reset(self, game: FakeGame):
         time.sleep(self.delay)
+        if game.explode:
+            raise RuntimeError(f"cannot load {game.path}")
         self.game, self.pos = game, 0
         return f"You are in a room. Your task is to: do {game.task_type}.", self._admissible()
 
@@ -120,3 +123,7 @@ def sample_data_root(dest: str | Path, n: int = 2, split: str = "valid_unseen") 
             if not (trial / name).exists():
                 (trial / name).symlink_to(SAMPLE / name)
     return dest
+
+
+def fake_game_id(game: FakeGame) -> str:
+    return game.path

@@ -21,8 +21,9 @@ def init_episode_worker(make_env: Callable, make_policy: Callable, play: Callabl
     _STATE.update(env=env, policy=make_policy(env), play=play)
 
 
-def play_in_worker(game, max_steps: int) -> dict:
-    return _STATE["play"](_STATE["env"], game, _STATE["policy"], max_steps)
+def play_in_worker(game, max_steps: int, game_id: Callable) -> dict:
+    from .runner import safe_play
+    return safe_play(_STATE["play"], _STATE["env"], game, _STATE["policy"], max_steps, game_id)
 
 
 # ---- only the environment in a worker ----

@@ -11,9 +11,9 @@ def test_report_files_hold_the_run_figures(tmp_path):
     runs = {}
     for name, flaky in (("student", True), ("teacher", False)):
         plan = Plan(T.make_fake_env, lambda env, f=flaky: T.SolverPolicy(env, flaky=f, name=name), T.fake_play,
-                    lambda g: g.path, in_worker=False)
+                    T.fake_game_id, in_worker=False)
         log = EpisodeLog(tmp_path / f"{name}.jsonl")
-        secs = run_games(plan, games, log, RunOptions(max_steps=5, workers=1, progress=False))
+        secs, _ = run_games(plan, games, log, RunOptions(max_steps=5, workers=1, progress=False))
         runs[name] = {"records": log.ordered([g.path for g in games]), "seconds": secs}
     meta = {"games": 6, "split": "valid_unseen", "source": "generated", "command": "pytest"}
     summary = write_report(tmp_path / "out", runs, meta, pair=("student", "teacher"))

@@ -8,7 +8,7 @@ from duomem_fast.harness.store import EpisodeLog
 
 def _plan(in_worker):
     return Plan(make_env=T.make_fake_env, make_policy=T.make_solver, play=T.fake_play,
-                game_id=lambda g: g.path, in_worker=in_worker)
+                game_id=T.fake_game_id, in_worker=in_worker)
 
 
 @pytest.mark.parametrize("workers,in_worker", [(1, True), (2, True), (3, False)])
@@ -38,3 +38,26 @@ def test_rerun_skips_done_games(tmp_path):
 def test_bad_options_name_the_value():
     with pytest.raises(ValueError, match="workers"):
         RunOptions(workers=0)
+
+
+@pytest.mark.parametrize("workers,in_worker", [(1, True), (2, True), (2, False)])
+def test_failed_episodes_are_not_recorded_and_the_rest_go_on(tmp_path, workers, in_worker):
+    import dataclasses
+
+    games = T.fake_games(5)
+    games[1] = dataclasses.replace(games[1], explode=True)
+    log = EpisodeLog(tmp_path / "e.jsonl")
+    _, errors = run_games(_plan(in_worker), games, log, RunOptions(max_steps=6, workers=workers, progress=False))
+    assert [g for g, _ in errors] == [games[1].path] and "cannot load" in errors[0][1]
+    assert sorted(log.records) == sorted(g.path for g in games if not g.explode)
+
+
+def test_a_config_that_fails_every_episode_stops_early(tmp_path):
+    import dataclasses
+
+    from duomem_fast.harness.runner import EpisodeError
+
+    games = [dataclasses.replace(g, explode=True) for g in T.fake_games(6)]
+    with pytest.raises(EpisodeError, match="cannot load"):
+        run_games(_plan(True), games, EpisodeLog(tmp_path / "e.jsonl"), RunOptions(max_steps=6, workers=1,
+                                                                                  progress=False))
