@@ -86,7 +86,8 @@ class ExpertPolicy:
         try:
             with self._own_random():
                 action = self._agent.act(state, 0, state["won"], self._last)
-        except (HandCodedAgentFailed, HandCodedAgentTimeout):
+        except (HandCodedAgentFailed, HandCodedAgentTimeout, IndexError, KeyError):
+            # IndexError: alfworld's expert picks from an empty list when a lamp it saw is out of view
             self.failed, action = True, LOOK
         if action not in admissible:
             action = LOOK

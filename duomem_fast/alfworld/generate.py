@@ -146,25 +146,36 @@ def build_suite(out_root, counts: dict, seed: int = 0, workers: int = 2, progres
 
 
 def _run(jobs: list[tuple], workers: int, progress: bool) -> list[dict]:
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(jobs), disable=not progress, desc="games", unit="game", file=sys.stderr, mininterval=2,
-               miniters=1)
+    bar = _progress(len(jobs), progress)
     results = []
     if workers == 1:
         for job in jobs:
             results.append(make_slot(*job))
-            bar.update()
-        bar.close()
+            bar(results[-1])
         return results
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(make_slot, *job) for job in jobs]
+        futures = {pool.submit(make_slot, *job): job for job in jobs}
         for fut in as_completed(futures):
-            results.append(fut.result())
-            bar.update()
-            bar.set_postfix(solvable=sum(r["solvable"] for r in results))
-    bar.close()
+            try:
+                results.append(fut.result())
+                bar(results[-1])
+            except Exception as exc:  # one broken slot must not stop the suite; a rerun retries it
+                _, split, k, task_type, _ = futures[fut]
+                bar({"k": k, "task_type": task_type, "error": repr(exc)})
     return results
+
+
+def _progress(total: int, enabled: bool):
+    """A tqdm bar on a terminal; one line per finished slot otherwise (logs of background runs)."""
+    from tqdm import tqdm
+
+    if not enabled:
+        return lambda result: None
+    if sys.stderr.isatty():
+        bar = tqdm(total=total, desc="games", unit="game")
+        return lambda result: (bar.update(), bar.set_postfix_str(f"{result.get('task_type', '')}"))
+    count = iter(range(1, total + 1))
+    return lambda result: print(f"[{next(count)}/{total}] {json.dumps(result)}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
