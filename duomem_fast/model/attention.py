@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from duomem_fast import ops
@@ -19,9 +20,27 @@ def attend(q: Tensor, shared: list[tuple[Tensor, Tensor]], own_k: Tensor | None,
     """q (B, T, Hq, D); shared: [(k (P, Hkv, D), v)]; own_k/v (B, S, Hkv, D) right-padded, causal, valid lengths
     own_lens (B,) (None = all S; query t sits at own position len - T + t). Returns (B, T, Hq, D)."""
     shared = [(k, v) for k, v in shared if k.shape[0] > 0]
-    if impl == "torch":
+    if impl == "sdpa" and q.shape[0] == 1:
+        return _attend_sdpa(q, shared, own_k, own_v)
+    if impl in ("torch", "sdpa"):
         return _attend_torch(q, shared, own_k, own_v, own_lens)
     return _attend_ops(q, shared, own_k, own_v, own_lens)
+
+
+def _attend_sdpa(q, shared, own_k, own_v) -> Tensor:
+    """B = 1: one concatenated KV (a copy of the context per layer, cheaper than strided GEMVs) and torch SDPA."""
+    T = q.shape[1]
+    ks = [k for k, _ in shared] + ([own_k[0]] if own_k is not None else [])
+    vs = [v for _, v in shared] + ([own_v[0]] if own_v is not None else [])
+    k, v = (torch.cat(ks) if len(ks) > 1 else ks[0]), (torch.cat(vs) if len(vs) > 1 else vs[0])
+    mask = None
+    if T > 1 and own_k is not None:
+        S, L = own_k.shape[1], k.shape[0]
+        mask = torch.ones(T, L, dtype=torch.bool)
+        mask[:, L - S:] = torch.arange(S)[None] <= (S - T + torch.arange(T))[:, None]
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+                                       attn_mask=mask, enable_gqa=True)
+    return o.transpose(1, 2)
 
 
 def _attend_ops(q, shared, own_k, own_v, own_lens) -> Tensor:

@@ -32,11 +32,15 @@ class Step:
 
 
 class Decoder:
-    """Weights + forward. `attn_impl`: "torch" (grouped matmul path) or "ops" (the dispatcher)."""
+    """Weights + forward.
 
-    def __init__(self, cfg: ModelConfig, weights: Weights, dtype: torch.dtype, attn_impl: str = "torch") -> None:
-        if attn_impl not in ("torch", "ops"):
-            raise ValueError(f"unknown attn_impl {attn_impl!r}: expected 'torch' or 'ops'")
+    attn_impl: "sdpa" (B = 1 through torch SDPA over the concatenated context, B > 1 as "torch"), "torch" (grouped
+    matmuls reading shared KV once for all rows) or "ops" (the dispatcher's prefix_attention + merge_attention).
+    """
+
+    def __init__(self, cfg: ModelConfig, weights: Weights, dtype: torch.dtype, attn_impl: str = "sdpa") -> None:
+        if attn_impl not in ("torch", "ops", "sdpa"):
+            raise ValueError(f"unknown attn_impl {attn_impl!r}: expected 'torch', 'sdpa' or 'ops'")
         self.cfg, self.w, self.dtype, self.attn_impl = cfg, weights, dtype, attn_impl
         self.rope = Rope(cfg.hf, cfg.head_dim, cfg.max_context)
 

@@ -187,3 +187,14 @@ def test_bf16_tracks_fp32(tiny_dirs):
     assert (a - b).abs().max() < 0.05 * a.abs().max()
     with pytest.raises(ValueError, match="unsupported dtype"):
         Engine.from_pretrained(tiny_dirs["llama"], dtype="float8")
+
+
+@pytest.mark.parametrize("impl", ["torch", "ops"])
+def test_attention_paths_agree_end_to_end(tiny_dirs, engine, impl):
+    other = Engine.from_pretrained(tiny_dirs["qwen3"], attn_impl=impl)
+    ids, cands = _ids(40, 30), [_ids(3, 31), _ids(6, 32)]
+    a, b = engine.session(ids[:25]), other.session(ids[:25])
+    a.append(ids[25:])
+    b.append(ids[25:])
+    assert a.generate(8) == b.generate(8)
+    assert a.score(cands) == pytest.approx(b.score(cands), abs=1e-4)
