@@ -67,10 +67,15 @@ def ensure_suite(cfg: EvalConfig, n: int, seed: int = 0) -> bool:
     return True
 
 
+def run_config(agent: Agent, cfg: EvalConfig) -> dict:
+    """What identifies a run: the agent's config, the games' source and the episode limit."""
+    return {"agent": agent.config, "data_root": str(cfg.data_root.resolve()), "split": cfg.split,
+            "max_steps": cfg.max_steps, "harness": HARNESS_VERSION}
+
+
 def run_agent(agent: Agent, games: list, cfg: EvalConfig) -> dict:
-    """Play `games` with `agent` (resuming its run dir); returns {records, seconds, run_dir, spec}."""
-    config = {"agent": agent.config, "data_root": str(cfg.data_root.resolve()), "split": cfg.split,
-              "max_steps": cfg.max_steps, "harness": HARNESS_VERSION}
+    """Play `games` with `agent` (resuming its run dir); returns {records, seconds, run_dir, spec, errors}."""
+    config = run_config(agent, cfg)
     rdir = run_dir(cfg.out, agent.name, config)
     log = EpisodeLog(rdir / "episodes.jsonl")
     plan = dataclasses.replace(agent.plan, play=functools.partial(agent.plan.play, config=fingerprint(config)[:16]))
@@ -84,10 +89,16 @@ def evaluate(agents: list[Agent], cfg: EvalConfig, pair: bool = False, command_n
              games: list | None = None) -> dict:
     """Run each agent on the same games, then write the report. pair: agents[0] is the student, [1] the teacher."""
     games = select_games(cfg) if games is None else games
-    runs = {}
+    runs, done = {}, {}
     for agent in agents:
         name = agent.name if agent.name not in runs else f"{agent.name}#{len(runs)}"
+        key = fingerprint(run_config(agent, cfg))
+        if key in done:        # e.g. ablation arms that coincide when no adapter or bank is shipped
+            print(f"{name}: same config as {done[key][0]}, reusing its episodes", file=sys.stderr)
+            runs[name] = {**done[key][1], "spec": agent.spec.text}
+            continue
         runs[name] = run_agent(agent, games, cfg)
+        done[key] = (name, runs[name])
     names = list(runs)
     meta = {"command_name": command_name, "command": shlex.join(["duomem-fast", *sys.argv[1:]]),
             "data_root": str(cfg.data_root), "split": cfg.split, "games": len(games),

@@ -59,6 +59,7 @@ def steps(records: dict[str, list[dict]], path: Path) -> Path:
     won = [[r["steps"] for r in records[n] if r["won"]] for n in names]
     for i, w in enumerate(won, 1):
         ax.scatter([i] * len(w), w, s=8, alpha=0.5, color="tab:green", label="won" if i == 1 else None)
+    ax.set_ylim(bottom=0)
     ax.set_ylabel("steps per episode")
     if any(won):
         ax.legend(fontsize=8)
