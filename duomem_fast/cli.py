@@ -17,7 +17,7 @@ from pathlib import Path
 from .harness.evaluate import EvalConfig, default_data_root
 
 ABLATION = ("base", "memories", "lora", "duomem")
-SUITE_GAMES = 24
+SUITE_GAMES = 12
 
 
 def _config(data, split, games, max_steps, workers, out, progress) -> EvalConfig:
@@ -25,7 +25,7 @@ def _config(data, split, games, max_steps, workers, out, progress) -> EvalConfig
                       progress)
 
 
-def eval_cmd(agent: str = "duomem", data: str | None = None, split: str = "valid_unseen", games: int = 10,
+def eval_cmd(agent: str = "duomem", data: str | None = None, split: str = "valid_unseen", games: int = 6,
              max_steps: int = 50, workers: int = 2, out: str = "runs/eval", progress: bool = True,
              suite_games: int = SUITE_GAMES, seed: int = 0) -> int:
     """Play the first `games` games of `split` with one agent; write the report into `out`."""
@@ -40,7 +40,7 @@ def eval_cmd(agent: str = "duomem", data: str | None = None, split: str = "valid
 
 
 def compare_cmd(student: str = "duomem", teacher: str = "expert", ablation: bool = False, data: str | None = None,
-                split: str = "valid_unseen", games: int = 10, max_steps: int = 50, workers: int = 2,
+                split: str = "valid_unseen", games: int = 6, max_steps: int = 50, workers: int = 2,
                 out: str = "runs/compare", progress: bool = True, suite_games: int = SUITE_GAMES,
                 seed: int = 0) -> int:
     """Student vs teacher on the same games in the same order (ablation: base/+memories/+LoRA/DuoMem too)."""
@@ -140,7 +140,7 @@ def _play_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--data", help="folder holding json_2.1.1/ (default: $ALFWORLD_DATA or "
                    "~/.cache/duomem_fast/alfworld; a small generated suite is built there if the split is missing)")
     p.add_argument("--split", default="valid_unseen", choices=("train", "valid_seen", "valid_unseen"))
-    p.add_argument("--games", type=int, default=10, help="first N games of the split, sorted by id (0 = all)")
+    p.add_argument("--games", type=int, default=6, help="first N games of the split, taken round-robin over task types (0 = all)")
     p.add_argument("--max-steps", type=int, default=50, help="steps per episode before it counts as lost")
     p.add_argument("--workers", type=int, default=2, help="episodes played at once (envs in worker processes)")
     p.add_argument("--out", default=out, help="report folder; episodes go to OUT/runs/<agent>-<config hash>/")

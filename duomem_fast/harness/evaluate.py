@@ -45,11 +45,23 @@ class EvalConfig:
         RunOptions(self.max_steps, self.workers)      # validates both
 
 
+def interleave_by_type(games: list) -> list:
+    """Round-robin over task types (each type's games sorted by id), so the first N games cover every type."""
+    by_type: dict[str, list] = {}
+    for g in sorted(games, key=lambda g: g.id):
+        by_type.setdefault(g.task_type, []).append(g)
+    queues = [by_type[t] for t in sorted(by_type)]
+    out = []
+    for i in range(max(map(len, queues), default=0)):
+        out += [q[i] for q in queues if i < len(q)]
+    return out
+
+
 def select_games(cfg: EvalConfig) -> list:
-    """The first cfg.games games of the split, sorted by id: every agent gets this same list in this order."""
+    """The first cfg.games games of the split in type-interleaved order: every agent gets this list, in order."""
     from ..alfworld.games import list_games
 
-    games = list_games(cfg.data_root, cfg.split)
+    games = interleave_by_type(list_games(cfg.data_root, cfg.split))
     return games[: cfg.games] if cfg.games else games
 
 

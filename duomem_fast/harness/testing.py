@@ -16,6 +16,10 @@ class FakeGame:
     split: str = "valid_unseen"
     explode: bool = False          # reset raises: an episode that fails
 
+    @property
+    def id(self) -> str:
+        return self.path
+
 
 def fake_games(n: int, types: tuple[str, ...] = ("pick_and_place_simple", "pick_heat_then_place_in_recep")) -> list:
     return [FakeGame(f"valid_unseen/{types[i % len(types)]}-{i}/trial_{i}/game.tw-pddl", types[i % len(types)],

@@ -61,3 +61,13 @@ def test_a_config_that_fails_every_episode_stops_early(tmp_path):
     with pytest.raises(EpisodeError, match="cannot load"):
         run_games(_plan(True), games, EpisodeLog(tmp_path / "e.jsonl"), RunOptions(max_steps=6, workers=1,
                                                                                   progress=False))
+
+
+def test_small_selections_cover_every_task_type():
+    from duomem_fast.harness.evaluate import interleave_by_type
+
+    games = T.fake_games(9, types=("a", "b", "c"))
+    order = interleave_by_type(list(reversed(games)))
+    assert [g.task_type for g in order[:3]] == ["a", "b", "c"]
+    assert sorted(g.path for g in order) == sorted(g.path for g in games)
+    assert interleave_by_type(games) == order
