@@ -89,11 +89,27 @@ def _counts(items: list[str]) -> dict:
     return out
 
 
-def distill_cmd(data: str | None = None, out: str = "runs/distill", **kwargs) -> object:
-    """The DuoMem pipeline: teacher trajectories -> memory bank + LoRA adapter, into `out`."""
-    from .distill.pipeline import run_pipeline
+def distill_cmd(data: str | None = None, out: str = "runs/distill", split: str = "train", games: int = 0,
+                max_steps: int = 50, teacher: str = "expert", skip_train: bool = False,
+                max_minutes: float | None = None, progress: bool = True) -> dict:
+    """The DuoMem pipeline: teacher trajectories -> memory bank + LoRA adapter, into `out` (resumable)."""
+    from .distill.config import TrainConfig
+    from .distill.pipeline import PipelineConfig, run_pipeline
+    from .distill.trajectories import CollectConfig
+    from .harness.agents import build_agent, parse_agent
 
-    return run_pipeline(Path(data) if data else default_data_root(), Path(out), **kwargs)
+    spec = parse_agent(teacher)
+    factory = None
+    if spec.kind != "expert":          # any other agent spec as the teacher (e.g. openai:URL)
+        agent = build_agent(spec)
+        factory = lambda run: agent.plan.make_policy(None)  # noqa: E731
+    cfg = PipelineConfig(collect=CollectConfig(split=split, max_steps=max_steps, max_games=games or None,
+                                               teacher=spec.text),
+                         train=TrainConfig(max_minutes=max_minutes), skip_train=skip_train)
+    summary = run_pipeline(Path(data) if data else default_data_root(), Path(out), cfg, policy_factory=factory,
+                           progress=progress)
+    print(f"distilled into {out}: {summary.get('stages')}")
+    return 0
 
 
 def bench_cmd(only: str | None = None, extra: list[str] | None = None) -> int:
@@ -177,8 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p = sub.add_parser("distill", help="DuoMem pipeline: teacher runs -> memory bank + LoRA adapter",
                        description=distill_cmd.__doc__)
-    p.add_argument("--data", help="folder holding json_2.1.1/ with a train split")
-    p.add_argument("--out", default="runs/distill")
+    p.add_argument("--data", help="folder holding json_2.1.1/ with the teacher's split")
+    p.add_argument("--out", default="runs/distill", help="trajectories.jsonl, bank.jsonl, adapter/, pipeline.json")
+    p.add_argument("--split", default="train")
+    p.add_argument("--games", type=int, default=0, help="first N games of the split (0 = all)")
+    p.add_argument("--max-steps", type=int, default=50)
+    p.add_argument("--teacher", default="expert", help="agent spec of the teacher (expert, openai:URL, ...)")
+    p.add_argument("--skip-train", action="store_true", help="stop after the memory bank")
+    p.add_argument("--max-minutes", type=float, help="LoRA training budget (it saves and stops when spent)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
     p = sub.add_parser("bench", help="run the benchmark scripts and print their tables", description=bench_cmd.__doc__)
     p.add_argument("--only", help="only scripts whose name contains this")
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server over the engine", description=serve_cmd.__doc__)
