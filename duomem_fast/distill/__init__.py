@@ -1,0 +1,1 @@
+"""Distillation: teacher trajectories -> memory bank -> LoRA adapter (see pipeline.run_pipeline)."""
