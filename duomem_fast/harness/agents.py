@@ -2,7 +2,8 @@
 
     expert[,seed=0]                          ALFWorld's handcoded expert (reads the game state)
     random[,seed=0]                          a uniformly random admissible command (a floor to compare against)
-    engine[,model=M,adapter=A|none,memory=B|none,k=4,mode=score|generate,merge=0|1,dtype=bf16]
+    engine[,model=M,adapter=A|none,memory=B|none,k=2,mode=score|generate,merge=0|1,dtype=bfloat16,
+           parts=script|trajectory|both,placement=system|after_obs]
                                              our engine; defaults: the shipped DuoMem student
                                              (default model + shipped adapter + memory bank, where present)
     duomem / base / memories / lora          presets of `engine` for the ablation
@@ -24,7 +25,7 @@ KINDS = ("expert", "random", "engine", "hf", "openai")
 PRESETS = {"duomem": {}, "base": {"adapter": "none", "memory": "none"}, "memories": {"adapter": "none"},
            "lora": {"memory": "none"}}
 OPTIONS = {"expert": {"seed"}, "random": {"seed"},
-           "engine": {"model", "adapter", "memory", "k", "mode", "merge", "dtype", "parts"},
+           "engine": {"model", "adapter", "memory", "k", "mode", "merge", "dtype", "parts", "placement"},
            "openai": {"model", "timeout", "retries", "rate", "history", "max_tokens"}}
 OPTIONS["hf"] = OPTIONS["engine"]
 

@@ -67,15 +67,17 @@ def build_engine_agent(spec: AgentSpec) -> Agent:
     memory = _option_path(spec, "memory", default_bank_path, "memory bank")
     merge, dtype = spec.options.get("merge", "0") in ("1", "true"), spec.options.get("dtype")
     mode, parts, k = spec.options.get("mode", "score"), spec.options.get("parts", "script"), _int(spec, "k", 2)
+    placement = spec.options.get("placement", "system")
     engine = _engine(model, adapter, merge, dtype)
     bank = MemoryBank.load(memory) if memory else None
     lock, name = threading.Lock(), spec.label
 
     def make_policy(env):
-        inner = EnginePolicy(GuardedEngine(engine, lock), mode=mode, name=name)
+        inner = EnginePolicy(GuardedEngine(engine, lock), mode=mode, placement=placement, name=name)
         return MemoryPolicy(inner, bank, k, parts)
 
     config = {"kind": "engine", "engine": engine.fingerprint, "model": str(engine.model_dir), "adapter": adapter,
-              "bank": bank.content_sha() if bank else None, "k": k, "mode": mode, "parts": parts}
+              "bank": bank.content_sha() if bank else None, "k": k, "mode": mode, "parts": parts,
+              "placement": placement}
     plan = Plan(make_env=GameHost, make_policy=make_policy, play=play_remote, game_id=game_id, in_worker=False)
     return Agent(name, spec, config, plan)

@@ -1,0 +1,68 @@
+import threading
+
+import pytest
+
+from duomem_fast.harness.agents import build_agent, parse_agent
+
+
+@pytest.mark.parametrize("text,kind,target,options", [
+    ("expert", "expert", None, {}),
+    ("random,seed=3", "random", None, {"seed": "3"}),
+    ("duomem", "engine", None, {}),
+    ("base", "engine", None, {"adapter": "none", "memory": "none"}),
+    ("lora,k=3", "engine", None, {"memory": "none", "k": "3"}),
+    ("hf:/models/x,adapter=none", "hf", "/models/x", {"adapter": "none"}),
+    ("openai:http://127.0.0.1:8000/v1,model=m,rate=2", "openai", "http://127.0.0.1:8000/v1",
+     {"model": "m", "rate": "2"}),
+])
+def test_parse_agent(text, kind, target, options):
+    spec = parse_agent(text)
+    assert (spec.kind, spec.target, spec.options) == (kind, target, options)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("", "empty"), ("wizard", "unknown agent kind 'wizard'"), ("hf", "needs a target"),
+    ("openai:", "needs a target"), ("expert:x", "takes no ':target'"), ("engine,colour=red", "bad option 'colour=red'"),
+    ("random,seed", "bad option 'seed'"),
+])
+def test_bad_specs_name_the_bad_part(text, match):
+    with pytest.raises(ValueError, match=match):
+        parse_agent(text)
+
+
+def test_bad_option_value_names_it():
+    with pytest.raises(ValueError, match="seed='x'"):
+        build_agent("random,seed=x")
+
+
+def test_guarded_engine_counts_only_its_own_calls(tmp_path):
+    from duomem_fast import Engine
+    from duomem_fast.harness.guard import GuardedEngine
+    from duomem_fast.model.testing import make_tiny_model
+
+    engine = Engine.from_pretrained(str(make_tiny_model(tmp_path / "tiny")))
+    lock = threading.Lock()
+    views = [GuardedEngine(engine, lock) for _ in range(3)]
+    want = []
+    for i in range(3):
+        s = engine.session(engine.prefix(f"go to shelf {i + 1}."))
+        want.append(s.score(["look", "take apple 1 from shelf 1"]))
+    engine_before = engine.stats.copy()
+    got = [None] * 3
+
+    def play(i):
+        conv = views[i].chat([{"role": "system", "content": "You are in a room."}])
+        conv.add_user(f"go to shelf {i + 1}." * (i + 1))
+        got[i] = views[i].session(views[i].prefix(f"go to shelf {i + 1}.")).score(["look",
+                                                                                    "take apple 1 from shelf 1"])
+
+    threads = [threading.Thread(target=play, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == want                                         # same answers as unguarded, serial calls
+    total = engine.stats - engine_before
+    assert sum(v.stats.tokens_encoded for v in views) == total.tokens_encoded
+    assert views[0].stats.tokens_encoded < views[2].stats.tokens_encoded   # episode 2 appended more text
+    assert all(v.stats.model_seconds > 0 for v in views)
