@@ -1,18 +1,19 @@
 """Attention of new query rows over shared KV segments (fully visible) plus each row's own causal KV.
 
-Two interchangeable paths: "ops" goes through `duomem_fast.ops.prefix_attention` (+ lse merges for extra
-segments); "torch" is a grouped-query matmul path that reads every shared segment once for all B rows without
-expanding or concatenating KV (the fast path while ops runs its pure-torch reference).
+Three interchangeable paths, none copying the prefix KV: "flash" (default) calls torch's CPU flash-attention kernel
+per segment and merges through the lse; "ops" goes through `duomem_fast.ops.prefix_attention` (+ merge_attention for
+extra segments); "torch" is a readable grouped-query matmul path.
 """
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from duomem_fast import ops
+
+_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)  # returns (o, lse)
 
 
 def attend(q: Tensor, shared: list[tuple[Tensor, Tensor]], own_k: Tensor | None, own_v: Tensor | None,
@@ -20,27 +21,51 @@ def attend(q: Tensor, shared: list[tuple[Tensor, Tensor]], own_k: Tensor | None,
     """q (B, T, Hq, D); shared: [(k (P, Hkv, D), v)]; own_k/v (B, S, Hkv, D) right-padded, causal, valid lengths
     own_lens (B,) (None = all S; query t sits at own position len - T + t). Returns (B, T, Hq, D)."""
     shared = [(k, v) for k, v in shared if k.shape[0] > 0]
-    if impl == "sdpa" and q.shape[0] == 1:
-        return _attend_sdpa(q, shared, own_k, own_v)
-    if impl in ("torch", "sdpa"):
+    if impl == "flash" and _FLASH is not None:
+        return _attend_flash(q, shared, own_k, own_v, own_lens)
+    if impl in ("torch", "flash"):
         return _attend_torch(q, shared, own_k, own_v, own_lens)
     return _attend_ops(q, shared, own_k, own_v, own_lens)
 
 
-def _attend_sdpa(q, shared, own_k, own_v) -> Tensor:
-    """B = 1: one concatenated KV (a copy of the context per layer, cheaper than strided GEMVs) and torch SDPA."""
-    T = q.shape[1]
-    ks = [k for k, _ in shared] + ([own_k[0]] if own_k is not None else [])
-    vs = [v for _, v in shared] + ([own_v[0]] if own_v is not None else [])
-    k, v = (torch.cat(ks) if len(ks) > 1 else ks[0]), (torch.cat(vs) if len(vs) > 1 else vs[0])
-    mask = None
-    if T > 1 and own_k is not None:
-        S, L = own_k.shape[1], k.shape[0]
-        mask = torch.ones(T, L, dtype=torch.bool)
-        mask[:, L - S:] = torch.arange(S)[None] <= (S - T + torch.arange(T))[:, None]
-    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-                                       attn_mask=mask, enable_gqa=True)
-    return o.transpose(1, 2)
+def _attend_flash(q, shared, own_k, own_v, own_lens) -> Tensor:
+    """torch's CPU flash kernel once per segment (it returns the lse), merged exactly. GQA without copying KV: the
+    g query heads of a KV head become g·T query rows; for a shared segment all B rows go in one call (KV read once)."""
+    B, T, Hq, D = q.shape
+    hkv = (shared[0][0] if shared else own_k).shape[-2]
+    g = Hq // hkv
+    qg = q.view(B, T, hkv, g, D).permute(0, 2, 3, 1, 4).reshape(B, hkv, g * T, D)  # row = group * T + t
+    parts = []
+    if shared:
+        qs = qg.transpose(0, 1).reshape(1, hkv, B * g * T, D)
+        for k, v in shared:
+            o, lse = _FLASH(qs, k.transpose(0, 1)[None], v.transpose(0, 1)[None], 0.0, False)
+            parts.append((o.view(hkv, B, g * T, D).transpose(0, 1), lse.view(hkv, B, g * T).transpose(0, 1)))
+    if own_k is not None:
+        mask = _own_mask(B, T, own_k.shape[1], own_lens, g, q.dtype)
+        parts.append(_FLASH(qg, own_k.transpose(1, 2), own_v.transpose(1, 2), 0.0, False, attn_mask=mask))
+    o, lse = parts[0]
+    for o2, lse2 in parts[1:]:
+        o, lse = _merge(o, lse, o2, lse2)
+    return o.view(B, hkv, g, T, D).permute(0, 3, 1, 2, 4).reshape(B, T, Hq, D)
+
+
+def _own_mask(B: int, T: int, S: int, lens: Tensor | None, g: int, dtype) -> Tensor | None:
+    """Additive causal mask (B, 1, g·T, S) for right-padded own KV; None when every row sees all S keys."""
+    if T == 1 and lens is None:
+        return None
+    lens = torch.full((B,), S) if lens is None else lens.long()
+    qpos = lens[:, None] - T + torch.arange(T)[None]  # (B, T)
+    ok = torch.arange(S)[None, None] <= qpos[:, :, None]
+    mask = torch.zeros(B, T, S, dtype=dtype).masked_fill_(~ok, float("-inf"))
+    return mask[:, None, None].expand(B, 1, g, T, S).reshape(B, 1, g * T, S)
+
+
+def _merge(o, lse, o2, lse2):
+    m = torch.maximum(lse, lse2)
+    w, w2 = torch.exp(lse - m), torch.exp(lse2 - m)
+    den = w + w2
+    return (o * (w / den)[..., None] + o2 * (w2 / den)[..., None]).to(o.dtype), m + torch.log(den)
 
 
 def _attend_ops(q, shared, own_k, own_v, own_lens) -> Tensor:
