@@ -3,8 +3,8 @@
 Context layout: system prompt (+ playbook when placement="system": what repeats across episodes comes first, so
 its KV is served from the engine's prefix cache), then the first observation with the task (+ playbook when
 placement="after_obs"), then per step only the new observation. The action is either the admissible command the
-model scores highest (mode="score", `conv.choose`; "help" is not offered) or parsed from a short generation (mode="generate",
-`conv.reply`). Token counts and model seconds come from the engine's own counters.
+model scores highest (mode="score", `conv.choose`; "help" is not offered) or parsed from a short generation
+(mode="generate", `conv.reply`). Token counts and model seconds come from the engine's own counters.
 """
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 Takes the `Action:` line if there is one (else the first non-empty line), drops stray prompt characters, quotes,
 casing and a trailing period, maps the older `put X in/on Y` to `move X to Y`, and matches it to the admissible
-commands (exactly, then ignoring articles, then by a close spelling with the same instance numbers). An unmatched command is returned normalised:
-the game answers "Nothing happens." and it counts as a step, as in the benchmark.
+commands (exactly, then ignoring articles, then by a close spelling with the same instance numbers). An unmatched
+command is returned normalised: the game answers "Nothing happens." and it counts as a step, as in the benchmark.
 """
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ needs_sample = pytest.mark.skipif(not (SAMPLE / "game.tw-pddl").is_file(),
                                   reason=f"real ALFWorld sample not found at {SAMPLE}")
 
 
-def make_official(root: Path, split: str = "valid_unseen", task_dir: str = "pick_heat_then_place_in_recep-Potato-None-SinkBasin-1",
+def make_official(root: Path, split: str = "valid_unseen",
+                  task_dir: str = "pick_heat_then_place_in_recep-Potato-None-SinkBasin-1",
                   trial: str = "trial_T20190908_231731_054988") -> Path:
     """Copy the real sample into the official layout under root; returns the trial folder."""
     dst = root / "json_2.1.1" / split / task_dir / trial
