@@ -67,7 +67,7 @@ def _gather(sessions: list["Session"], extra: int):
     lens = [s.kv.length for s in sessions]
     k0 = sessions[0].kv.k
     shape = (k0.shape[0], len(sessions), max(lens) + extra, *k0.shape[3:])
-    own_k, own_v = k0.new_empty(shape), k0.new_empty(shape)
+    own_k, own_v = k0.new_zeros(shape), k0.new_zeros(shape)  # padding must be finite: masked p=0 times NaN is NaN
     for b, s in enumerate(sessions):
         k, v = s.kv.view()
         own_k[:, b, :lens[b]], own_v[:, b, :lens[b]] = k, v
