@@ -37,8 +37,10 @@ def load_prefix(engine: "Engine", path: Path, expect: str | Sequence[int] | None
             meta = f.metadata() or {}
             _check_meta(engine, path, meta)
             t = {name: f.get_tensor(name) for name in ("k", "v", "tokens", "logits")}
-    except (OSError, KeyError, RuntimeError) as exc:
-        raise ValueError(f"prefix file {str(path)!r} is not a duomem prefix: {exc}") from None
+    except ValueError:
+        raise
+    except Exception as exc:  # safetensors raises its own SafetensorError for a damaged file
+        raise ValueError(f"prefix file {str(path)!r} is not a readable duomem prefix: {exc}") from None
     tokens = tuple(int(x) for x in t["tokens"].tolist())
     if expect is not None and tokens != tuple(engine._ids(expect)):
         raise ValueError(f"prefix file {str(path)!r} holds different tokens than expected")

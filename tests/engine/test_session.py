@@ -198,3 +198,20 @@ def test_attention_paths_agree_end_to_end(tiny_dirs, engine, impl):
     b.append(ids[25:])
     assert a.generate(8) == b.generate(8)
     assert a.score(cands) == pytest.approx(b.score(cands), abs=1e-4)
+
+
+def test_damaged_prefix_file_is_refused(engine, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(ValueError, match="not a readable duomem prefix"):
+        engine.load_prefix(bad)
+    from safetensors.torch import save_file
+
+    save_file({"k": torch.zeros(1)}, str(tmp_path / "foreign.safetensors"), metadata={"format": "other"})
+    with pytest.raises(ValueError, match="has format 'other'"):
+        engine.load_prefix(tmp_path / "foreign.safetensors")
+
+
+def test_unknown_attn_impl_is_named(tiny_dirs):
+    with pytest.raises(ValueError, match="unknown attn_impl 'cuda'"):
+        Engine.from_pretrained(tiny_dirs["llama"], attn_impl="cuda")

