@@ -31,7 +31,7 @@ class TrainConfig:
     placement: str = "system"
     checkpoint_every: int = 5                # optimizer steps
     seed: int = 0
-    threads: int | None = None               # torch threads; None = leave as is
+    threads: int | None = None               # torch threads; None = 1 on a busy CPU, else all (see train.py)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
