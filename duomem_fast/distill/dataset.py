@@ -4,13 +4,16 @@ The messages are the ones `alfworld.engine_policy.EnginePolicy` builds (its syst
 are imported, not copied): system (+ playbook), first observation with the task, then per step the assistant's
 command and the next observation. Tokens are produced piece by piece as the engine's conversation appends them
 (each rendered-template difference encoded on its own, each command encoded alone), so training and inference see
-the same ids. Labels: the command tokens and the end-of-turn token after them; everything else is -100.
+the same ids. Labels: the command tokens and the end-of-turn token after them; everything else is -100, and so are
+the teacher's detours (`memory.build.useful_steps`: look/inventory/help, handling objects the task does not
+name), which stay in the context as the agent would have seen them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from duomem_fast.alfworld.prompts import first_user_message, system_message
+from duomem_fast.memory.build import useful_steps
 
 IGNORE = -100
 
@@ -39,35 +42,39 @@ def episode_messages(rec: dict, playbook: str | None = None, placement: str = "s
     return msgs
 
 
-def encode_messages(tokenizer, messages: list[dict], max_len: int) -> Example:
-    """Token ids and labels for `messages`, cut to `max_len` tokens (the start is kept: it is what repeats)."""
+def encode_messages(tokenizer, messages: list[dict], max_len: int, train: list[bool] | None = None) -> Example:
+    """Token ids and labels for `messages`, cut to `max_len` tokens (the start is kept: it is what repeats).
+
+    train[i] False: the i-th assistant message stays in the context but gets no loss (a teacher's detour)."""
     if max_len < 8:
         raise ValueError(f"max_len must be >= 8, got {max_len}")
     eos = _end_of_turn_id(tokenizer)
-    ids, labels, done = [], [], ""
+    ids, labels, done, learn, turn = [], [], "", False, 0
     for j, msg in enumerate(messages):
         if msg["role"] != "assistant":
             continue
         context = tokenizer.apply_chat_template(messages[:j], tokenize=False, add_generation_prompt=True)
         piece = _encode(tokenizer, context[len(done):])
-        first_is_eot = bool(done) and piece[:1] == [eos]         # closes the previous command: learn to stop
+        first_is_eot = learn and piece[:1] == [eos]              # closes the previous command: learn to stop
         ids += piece
         labels += ([eos] if first_is_eot else []) + [IGNORE] * (len(piece) - first_is_eot)
+        learn = train is None or train[turn]
         command = _encode(tokenizer, msg["content"])
         ids += command
-        labels += command
-        done = context + msg["content"]
+        labels += command if learn else [IGNORE] * len(command)
+        done, turn = context + msg["content"], turn + 1
     tail = tokenizer.apply_chat_template(messages, tokenize=False)[len(done):]
     piece = _encode(tokenizer, tail)[:1]                          # the end-of-turn after the last command
     ids += piece
-    labels += [eos if piece == [eos] else IGNORE]
+    labels += [eos if piece == [eos] and learn else IGNORE]
     truncated = len(ids) > max_len
     return Example(ids[:max_len], labels[:max_len], truncated=truncated)
 
 
 def encode_record(tokenizer, rec: dict, max_len: int, playbook: str | None = None,
-                  placement: str = "system") -> Example:
-    ex = encode_messages(tokenizer, episode_messages(rec, playbook, placement), max_len)
+                  placement: str = "system", skip_detours: bool = True) -> Example:
+    train = useful_steps(rec["task"], rec["actions"]) if skip_detours else None
+    ex = encode_messages(tokenizer, episode_messages(rec, playbook, placement), max_len, train)
     ex.game = str(rec.get("game", ""))
     return ex
 

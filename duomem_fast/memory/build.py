@@ -27,6 +27,7 @@ Actions:
 Procedure:
 """
 _NUM = re.compile(r"\s+\d+\b")
+_HANDLED = re.compile(r"^(?:take|move|put) (.+?) (?:from|to|in/on|in|on) ")
 _STEP = re.compile(r"^\s*(\d+)[.)]\s+\S")
 
 
@@ -35,10 +36,33 @@ def strip_numbers(text: str) -> str:
     return _NUM.sub("", text).strip()
 
 
-def rule_script(task: str, actions: list[str]) -> str:
-    """Deterministic procedure from a successful action list (see module doc)."""
-    steps, searched, takes = [], [], 0
+NOISE = ("look", "inventory", "help", "examine")
+
+
+def useful_steps(task: str, actions: list[str]) -> list[bool]:
+    """False for the teacher's detours: look/inventory/help/examine, and taking or placing an object that is not
+    the task's (alfworld's expert explores that way when it has not seen its target yet)."""
+    parts = parse_task(task)
+    out = []
     for action in actions:
+        a = strip_numbers(action.strip().lower())
+        verb = a.split(" ", 1)[0] if a else ""
+        if verb in NOISE:
+            out.append(False)
+        elif verb in ("take", "move", "put") and parts is not None:
+            m = _HANDLED.match(a)
+            out.append(m is not None and m.group(1) == parts.obj)
+        else:
+            out.append(True)
+    return out
+
+
+def rule_script(task: str, actions: list[str]) -> str:
+    """Deterministic procedure from a successful action list (see module doc); detours are left out."""
+    steps, searched, takes = [], [], 0
+    for action, useful in zip(actions, useful_steps(task, actions)):
+        if not useful:
+            continue
         a = strip_numbers(action.strip().lower())
         verb = a.split(" ", 1)[0] if a else ""
         if a.startswith("go to "):

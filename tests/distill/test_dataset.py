@@ -49,3 +49,16 @@ def test_bad_records_and_lengths(tok):
         episode_messages({**rec, "actions": []})
     with pytest.raises(ValueError, match="max_len"):
         encode_messages(tok, episode_messages(rec), 4)
+
+
+def test_detours_stay_in_context_without_loss(tok):
+    rec = {**records()[2], "task": "put a clean mug in cart."}
+    acts = ["go to shelf 1", "take keychain 1 from shelf 1", "look", "move keychain 1 to shelf 1", "go to cabinet 1",
+            "take mug 1 from cabinet 1", "go to sinkbasin 1", "clean mug 1 with sinkbasin 1", "go to cart 1",
+            "move mug 1 to cart 1"]
+    rec = {**rec, "actions": acts, "observations": [rec["observations"][0]] + [f"obs {i}" for i in range(len(acts))]}
+    ex = encode_record(tok, rec, 100_000)
+    learned = tok.decode([t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE])
+    keep = [a for i, a in enumerate(acts) if i not in (1, 2, 3)]
+    assert learned == "".join(a + "<|im_end|>" for a in keep)
+    assert ex.input_ids == encode_record(tok, rec, 100_000, skip_detours=False).input_ids

@@ -60,3 +60,9 @@ def test_memory_from_record_fields_and_errors():
         memory_from_record({**rec, "won": False})
     with pytest.raises(ValueError, match="lacks 'actions'"):
         memory_from_record({k: v for k, v in rec.items() if k != "actions"})
+
+
+def test_rule_script_leaves_out_detours():
+    s = rule_script("put a hot potato in sinkbasin.", ["go to shelf 1", "take keychain 1 from shelf 1", "look",
+                                                       "move keychain 1 to shelf 1", "help"] + HEAT)
+    assert "keychain" not in s and "help" not in s and "(shelf, cabinet, countertop)" in s
