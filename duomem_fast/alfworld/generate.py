@@ -28,7 +28,7 @@ from .scene import constants, load_scene
 from .suite_report import print_report
 
 EXPERT_STEPS = 40
-MAX_TRIES = 24     # scene/task samples per slot (most rejections are cheap: the room cannot host the task)
+MAX_TRIES = 48     # scene/task samples per slot (most rejections are cheap: the room cannot host the task)
 MAX_PLAYS = 4      # expert plays per slot (each costs a game load and up to EXPERT_STEPS steps)
 VERSION = 1
 

@@ -1,4 +1,5 @@
-"""Per split and task type: games generated, solvable, expert steps (read back from the suite's traj_data)."""
+"""Per split and task type: games generated (slots written), expert plays (candidate games the expert played
+before one was won or the slot gave up), solvable (won by the expert within the step budget), expert steps."""
 from __future__ import annotations
 
 import json
@@ -15,17 +16,19 @@ def suite_rows(out_root) -> list[dict]:
         split_dir = out_root / DATA_DIR / split
         if not split_dir.is_dir():
             continue
-        stats = {t: {"generated": 0, "solvable": 0, "steps": []} for t in TASK_TYPES}
+        stats = {t: {"generated": 0, "solvable": 0, "steps": [], "plays": 0} for t in TASK_TYPES}
         for game_path in split_dir.glob(f"*/*/{GAME_FILE}"):
             traj = json.loads((game_path.parent / TRAJ_FILE).read_text())
             s = stats[traj["task_type"]]
             s["generated"] += 1
+            s["plays"] += traj.get("generated", {}).get("plays", 0)
             if json.loads(game_path.read_text()).get("solvable"):
                 s["solvable"] += 1
                 s["steps"].append(traj.get("generated", {}).get("expert", {}).get("steps"))
         for t, s in stats.items():
             steps = [x for x in s["steps"] if x is not None]
-            rows.append({"split": split, "task_type": t, "generated": s["generated"], "solvable": s["solvable"],
+            rows.append({"split": split, "task_type": t, "generated": s["generated"], "expert_plays": s["plays"],
+                         "solvable": s["solvable"],
                          "expert_steps_mean": round(statistics.mean(steps), 1) if steps else None,
                          "expert_steps_max": max(steps) if steps else None})
     return rows
