@@ -16,99 +16,17 @@
 #include <c10/util/Half.h>
 
 #include "parallel.h"
+#include "vec.h"
 
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
 
 namespace duomem {
 namespace {
 
-constexpr int kRowBlock = 4;  // W rows per block: 4 W x 4 x rows = 16 zmm accumulators, 8 zmm for operands
-constexpr int kMBlock = 4;
-
-inline float to_f(float v) { return v; }
-inline float to_f(c10::BFloat16 v) { return static_cast<float>(v); }
-inline float to_f(c10::Half v) { return static_cast<float>(v); }
-
-#ifdef __AVX512F__
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16(const c10::BFloat16* p) {
-  __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-inline __m512 load16(const c10::Half* p) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
-inline __m512 load16m(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
-inline __m512 load16m(const c10::BFloat16* p, __mmask16 m) {
-  __m256i h = _mm256_maskz_loadu_epi16(m, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-inline __m512 load16m(const c10::Half* p, __mmask16 m) {
-  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
-}
-
-// acc[i][j] = dot(w_i, x_j) for NB weight rows and MB x rows; K tail handled by a masked step.
-template <int NB, int MB, typename WT>
-inline void dot_block(const WT* w, int64_t ldw, const float* x, int64_t ldx, int64_t K, float* out, int64_t ldo) {
-  __m512 acc[NB][MB];
-  for (int i = 0; i < NB; ++i)
-    for (int j = 0; j < MB; ++j) acc[i][j] = _mm512_setzero_ps();
-  int64_t k = 0;
-  for (; k + 16 <= K; k += 16) {
-    __m512 xv[MB];
-    for (int j = 0; j < MB; ++j) xv[j] = _mm512_loadu_ps(x + j * ldx + k);
-    for (int i = 0; i < NB; ++i) {
-      __m512 wv = load16(w + i * ldw + k);
-      for (int j = 0; j < MB; ++j) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
-    }
-  }
-  if (k < K) {
-    __mmask16 m = static_cast<__mmask16>((1u << (K - k)) - 1u);
-    __m512 xv[MB];
-    for (int j = 0; j < MB; ++j) xv[j] = _mm512_maskz_loadu_ps(m, x + j * ldx + k);
-    for (int i = 0; i < NB; ++i) {
-      __m512 wv = load16m(w + i * ldw + k, m);
-      for (int j = 0; j < MB; ++j) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
-    }
-  }
-  for (int i = 0; i < NB; ++i)
-    for (int j = 0; j < MB; ++j) out[j * ldo + i] = _mm512_reduce_add_ps(acc[i][j]);
-}
-#else
-template <int NB, int MB, typename WT>
-inline void dot_block(const WT* w, int64_t ldw, const float* x, int64_t ldx, int64_t K, float* out, int64_t ldo) {
-  float acc[NB][MB] = {};
-  for (int i = 0; i < NB; ++i)
-    for (int j = 0; j < MB; ++j) {
-      float s = 0.f;
-#pragma omp simd reduction(+ : s)
-      for (int64_t k = 0; k < K; ++k) s += to_f(w[i * ldw + k]) * x[j * ldx + k];
-      acc[i][j] = s;
-    }
-  for (int i = 0; i < NB; ++i)
-    for (int j = 0; j < MB; ++j) out[j * ldo + i] = acc[i][j];
-}
-#endif
-
-// out (MB rows, stride ldo) gets the dots of NB weight rows with rows [m0, m0+mb) of x, for any mb.
-template <int NB, typename WT>
-inline void dot_rows(const WT* w, int64_t ldw, const float* x, int64_t ldx, int64_t K, int64_t mb, float* out,
-                     int64_t ldo) {
-  int64_t j = 0;
-  for (; j + kMBlock <= mb; j += kMBlock) dot_block<NB, kMBlock>(w, ldw, x + j * ldx, ldx, K, out + j * ldo, ldo);
-  switch (mb - j) {
-    case 3: dot_block<NB, 3>(w, ldw, x + j * ldx, ldx, K, out + j * ldo, ldo); break;
-    case 2: dot_block<NB, 2>(w, ldw, x + j * ldx, ldx, K, out + j * ldo, ldo); break;
-    case 1: dot_block<NB, 1>(w, ldw, x + j * ldx, ldx, K, out + j * ldo, ldo); break;
-    default: break;
-  }
-}
+using namespace vec;
 
 struct LoraArgs {
   const float* x;        // (M, K) fp32 contiguous

@@ -1,0 +1,194 @@
+// Vector helpers shared by the CPU kernels: widening loads (fp32 / bf16 / fp16 -> fp32 zmm) and a register-blocked
+// row-dot kernel, out[j][i] = w_i · x_j, that streams NB rows of w once for MB rows of x (fp32 accumulation).
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+namespace duomem {
+namespace vec {
+
+constexpr int kRowBlock = 4;  // W rows per block: 4 W x 4 x rows = 16 zmm accumulators, 8 zmm for operands
+constexpr int kMBlock = 4;
+
+inline float to_f(float v) { return v; }
+inline float to_f(c10::BFloat16 v) { return static_cast<float>(v); }
+inline float to_f(c10::Half v) { return static_cast<float>(v); }
+
+#ifdef __AVX512F__
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const c10::BFloat16* p) {
+  __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline __m512 load16(const c10::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline __m512 load16m(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+inline __m512 load16m(const c10::BFloat16* p, __mmask16 m) {
+  __m256i h = _mm256_maskz_loadu_epi16(m, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline __m512 load16m(const c10::Half* p, __mmask16 m) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+
+// Horizontal sums of several vectors at once. Pair step: unpack lo/hi and add, so each 128-bit lane holds partial
+// sums of two (then four) sources; lane step: shuffle 128-bit lanes and add.
+inline __m512 pair_ps(__m512 a, __m512 b) {  // per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3]
+  return _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+}
+inline __m512 quad_ps(__m512 ab, __m512 cd) {  // per 128-bit lane: partial sums of [a, b, c, d]
+  const __m512d x = _mm512_castps_pd(ab), y = _mm512_castps_pd(cd);
+  return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+}
+// 4 sources -> [sum a, sum b, sum c, sum d]
+inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  const __m512 q = quad_ps(pair_ps(a, b), pair_ps(c, d));
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(q), _mm512_extractf32x8_ps(q, 1));
+  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+// 16 sources -> lane k = sum of v[k]
+inline __m512 reduce16(const __m512* v) {
+  __m512 q[4];
+  for (int g = 0; g < 4; ++g)
+    q[g] = quad_ps(pair_ps(v[4 * g], v[4 * g + 1]), pair_ps(v[4 * g + 2], v[4 * g + 3]));
+  // q[g] lane L (128-bit) holds partials of sources 4g..4g+3; fold lanes: [L0+L1, L2+L3] then across
+  __m512 w0 = _mm512_add_ps(_mm512_shuffle_f32x4(q[0], q[1], 0x88), _mm512_shuffle_f32x4(q[0], q[1], 0xdd));
+  __m512 w1 = _mm512_add_ps(_mm512_shuffle_f32x4(q[2], q[3], 0x88), _mm512_shuffle_f32x4(q[2], q[3], 0xdd));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(w0, w1, 0x88), _mm512_shuffle_f32x4(w0, w1, 0xdd));
+}
+
+// acc[i][j] = dot(w_i, x_j) for NB weight rows and MB x rows; K tail handled by a masked step.
+template <int NB, int MB, typename WT>
+inline void dot_block(const WT* w, int64_t ldw, const float* x, int64_t ldx, int64_t K, float* out, int64_t ldo) {
+  __m512 acc[NB][MB];
+  for (int i = 0; i < NB; ++i)
+    for (int j = 0; j < MB; ++j) acc[i][j] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    __m512 xv[MB];
+    for (int j = 0; j < MB; ++j) xv[j] = _mm512_loadu_ps(x + j * ldx + k);
+    for (int i = 0; i < NB; ++i) {
+      __m512 wv = load16(w + i * ldw + k);
+      for (int j = 0; j < MB; ++j) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
+    }
+  }
+  if (k < K) {
+    __mmask16 m = static_cast<__mmask16>((1u << (K - k)) - 1u);
+    __m512 xv[MB];
+    for (int j = 0; j < MB; ++j) xv[j] = _mm512_maskz_loadu_ps(m, x + j * ldx + k);
+    for (int i = 0; i < NB; ++i) {
+      __m512 wv = load16m(w + i * ldw + k, m);
+      for (int j = 0; j < MB; ++j) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
+    }
+  }
+  if constexpr (NB == 4 && MB == 4) {  // 16 horizontal sums in one transpose-add tree (45 ops instead of ~160)
+    __m512 v[16];
+    for (int j = 0; j < 4; ++j)
+      for (int i = 0; i < 4; ++i) v[j * 4 + i] = acc[i][j];
+    const __m512 r = reduce16(v);  // lane 4j + i = dot(w_i, x_j)
+    for (int j = 0; j < 4; ++j) _mm_storeu_ps(out + j * ldo, _mm512_extractf32x4_ps(r, j));
+  } else if constexpr (NB == 4 && MB == 1) {
+    _mm_storeu_ps(out, reduce4(acc[0][0], acc[1][0], acc[2][0], acc[3][0]));
+  } else {
+    for (int i = 0; i < NB; ++i)
+      for (int j = 0; j < MB; ++j) out[j * ldo + i] = _mm512_reduce_add_ps(acc[i][j]);
+  }
+}
+#else
+template <int NB, int MB, typename WT>
+inline void dot_block(const WT* w, int64_t ldw, const float* x, int64_t ldx, int64_t K, float* out, int64_t ldo) {
+  float acc[NB][MB] = {};
+  for (int i = 0; i < NB; ++i)
+    for (int j = 0; j < MB; ++j) {
+      float s = 0.f;
+#pragma omp simd reduction(+ : s)
+      for (int64_t k = 0; k < K; ++k) s += to_f(w[i * ldw + k]) * x[j * ldx + k];
+      acc[i][j] = s;
+    }
+  for (int i = 0; i < NB; ++i)
+    for (int j = 0; j < MB; ++j) out[j * ldo + i] = acc[i][j];
+}
+#endif
+
+// out (MB rows, stride ldo) gets the dots of NB weight rows with rows [m0, m0+mb) of x, for any mb.
+template <int NB, typename WT>
+inline void dot_rows(const WT* w, int64_t ldw, const float* x, int64_t ldx, int64_t K, int64_t mb, float* out,
+                     int64_t ldo) {
+  int64_t j = 0;
+  for (; j + kMBlock <= mb; j += kMBlock) dot_block<NB, kMBlock>(w, ldw, x + j * ldx, ldx, K, out + j * ldo, ldo);
+  switch (mb - j) {
+    case 3: dot_block<NB, 3>(w, ldw, x + j * ldx, ldx, K, out + j * ldo, ldo); break;
+    case 2: dot_block<NB, 2>(w, ldw, x + j * ldx, ldx, K, out + j * ldo, ldo); break;
+    case 1: dot_block<NB, 1>(w, ldw, x + j * ldx, ldx, K, out + j * ldo, ldo); break;
+    default: break;
+  }
+}
+
+#ifdef __AVX512F__
+// e^x for x <= 0 (softmax after max subtraction), |rel err| ~ 2e-7: x = n ln2 + r, |r| <= ln2/2, degree-6 Taylor
+// for e^r, 2^n applied by scalef. Scalar expf was the whole cost of CPU attention (295K exps = 6 ms at B=16).
+inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-100.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 p = _mm512_set1_ps(1.f / 720.f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// max over s[0, n) * scale
+inline float scaled_max(const float* s, int64_t n, float scale, float init) {
+  __m512 m = _mm512_set1_ps(init);
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) m = _mm512_max_ps(m, _mm512_mul_ps(_mm512_loadu_ps(s + j), _mm512_set1_ps(scale)));
+  float mx = _mm512_reduce_max_ps(m);
+  for (; j < n; ++j) mx = std::max(mx, s[j] * scale);
+  return mx;
+}
+
+// s[j] = exp(s[j]*scale - mx) in place for j < n; returns the sum.
+inline float exp_sum(float* s, int64_t n, float scale, float mx) {
+  const __m512 vs = _mm512_set1_ps(scale), vm = _mm512_set1_ps(mx);
+  __m512 acc = _mm512_setzero_ps();
+  int64_t j = 0;
+  for (; j < n; j += 16) {
+    const __mmask16 k = n - j >= 16 ? 0xffff : static_cast<__mmask16>((1u << (n - j)) - 1u);
+    __m512 e = exp16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, s + j), vs, vm));
+    e = _mm512_maskz_mov_ps(k, e);
+    _mm512_mask_storeu_ps(s + j, k, e);
+    acc = _mm512_add_ps(acc, e);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+#else
+inline float scaled_max(const float* s, int64_t n, float scale, float init) {
+  float mx = init;
+  for (int64_t j = 0; j < n; ++j) mx = std::max(mx, s[j] * scale);
+  return mx;
+}
+inline float exp_sum(float* s, int64_t n, float scale, float mx) {
+  float sum = 0.f;
+  for (int64_t j = 0; j < n; ++j) sum += (s[j] = std::exp(s[j] * scale - mx));
+  return sum;
+}
+#endif
+
+}  // namespace vec
+}  // namespace duomem
