@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -100,3 +101,18 @@ def test_bad_config_errors():
         TrainConfig(placement="middle")
     with pytest.raises(ValueError, match="no won episode"):
         build_examples([{**records()[0], "won": False}], None, TrainConfig())
+
+
+def test_ship_installs_fp16_adapter_and_bank(trained, tmp_path):
+    from duomem_fast.distill.ship import ship
+    out, _, bank = trained
+    run = tmp_path / "run"
+    shutil.copytree(out, run / "adapter")
+    bank.save(run / "bank.jsonl")
+    sizes = ship(run, tmp_path / "assets")
+    assert {"adapter/adapter_model.safetensors", "adapter/adapter_config.json", "bank.jsonl"} <= set(sizes)
+    w = load_file(str(tmp_path / "assets" / "adapter" / "adapter_model.safetensors"))
+    ref = load_file(str(out / "adapter_model.safetensors"))
+    assert all(w[k].dtype == torch.float16 and torch.allclose(w[k].float(), ref[k], atol=1e-3) for k in ref)
+    with pytest.raises(ValueError, match="missing"):
+        ship(tmp_path / "nothing", tmp_path / "assets2")
