@@ -93,7 +93,7 @@ def run_agent(agent: Agent, games: list, cfg: EvalConfig) -> dict:
     plan = dataclasses.replace(agent.plan, play=functools.partial(agent.plan.play, config=fingerprint(config)[:16]))
     before = sum(log.done(plan.game_id(g)) for g in games)
     seconds, errors = run_games(plan, games, log, RunOptions(cfg.max_steps, cfg.workers, cfg.progress), agent.name)
-    return {"records": log.ordered([plan.game_id(g) for g in games]), "spec": agent.spec.text,
+    return {"records": log.ordered([plan.game_id(g) for g in games]), "spec": agent.spec.text, "config": config,
             "run_dir": str(rdir), "seconds": seconds if before == 0 and not errors else None, "errors": errors}
 
 
@@ -101,6 +101,7 @@ def evaluate(agents: list[Agent], cfg: EvalConfig, pair: bool = False, command_n
              games: list | None = None) -> dict:
     """Run each agent on the same games, then write the report. pair: agents[0] is the student, [1] the teacher."""
     games = select_games(cfg) if games is None else games
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     runs, done = {}, {}
     for agent in agents:
         name = agent.name if agent.name not in runs else f"{agent.name}#{len(runs)}"
@@ -115,5 +116,6 @@ def evaluate(agents: list[Agent], cfg: EvalConfig, pair: bool = False, command_n
     meta = {"command_name": command_name, "command": shlex.join(["duomem-fast", *sys.argv[1:]]),
             "data_root": str(cfg.data_root), "split": cfg.split, "games": len(games),
             "source": getattr(games[0], "source", "unknown") if games else "unknown",
-            "max_steps": cfg.max_steps, "workers": cfg.workers, "machine": machine_state()}
+            "max_steps": cfg.max_steps, "workers": cfg.workers, "machine": machine_state(),
+            "loadavg_at_start": load_at_start}
     return write_report(cfg.out, runs, meta, pair=(names[0], names[1]) if pair else None)

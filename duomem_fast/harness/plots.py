@@ -29,6 +29,9 @@ def success_per_type(summaries: dict[str, dict], path: Path) -> Path:
         hi = [max(0.0, c["ci95"][1] - c["success_rate"]) if c else 0.0 for c in cells]
         xs = [j + (i - (len(summaries) - 1) / 2) * width for j in range(len(types))]
         ax.bar(xs, rates, width, yerr=[lo, hi], capsize=3, label=name)
+        for x, c in zip(xs, cells):
+            if c:
+                ax.text(x, 0.01, f"{c['won']}/{c['games']}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(types)), [_short(t) for t in types], rotation=20, ha="right")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("success rate (95% Wilson CI)")

@@ -15,7 +15,7 @@ def machine_state() -> dict:
 
     info = machine_info()
     info["cpu_count"] = os.cpu_count()
-    info["loadavg_1_5_15"] = list(os.getloadavg())
+    info["loadavg_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
     try:
         mem = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
         info["mem_available_gib"] = round(int(mem["MemAvailable"].split()[0]) / 2**20, 1)
@@ -29,7 +29,7 @@ def build_summary(runs: dict[str, dict], meta: dict, pair: tuple[str, str] | Non
     agents = {}
     for name, run in runs.items():
         s = summarize(run["records"], run.get("seconds"))
-        s.update(spec=run.get("spec", name), run_dir=str(run.get("run_dir", "")),
+        s.update(spec=run.get("spec", name), run_dir=str(run.get("run_dir", "")), config=run.get("config"),
                  errors=[{"game": g, "error": e} for g, e in run.get("errors", [])])
         agents[name] = s
     out = {"meta": meta, "agents": agents}
@@ -68,14 +68,14 @@ def _pct(c: dict) -> str:
 
 def _agent_table(agents: dict) -> list[str]:
     rows = ["| agent | success (95% CI) | avg steps | model s/task | env s/task | wall s/task | run s/task "
-            "| tokens new / reused / generated per task | gen tok/s |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "| tokens new / reused / generated per task | tok/s new+gen | gen tok/s |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in agents.items():
         new, reused = s["tokens_in"] / max(1, s["games"]), s["tokens_reused"] / max(1, s["games"])
         rows.append(f"| {name} | {_pct(s)} | {s['avg_steps']:.1f} | {s['model_seconds_per_task']:.3g} "
                     f"| {s['env_seconds_per_task']:.3g} | {s['wall_seconds_per_task']:.3g} "
                     f"| {s.get('run_seconds_per_task', 0.0):.3g} | {new:.0f} / {reused:.0f} / "
-                    f"{s['tokens_out_per_task']:.0f} | {s['gen_tok_per_s']:.1f} |")
+                    f"{s['tokens_out_per_task']:.0f} | {s['total_tok_per_s']:.1f} | {s['gen_tok_per_s']:.1f} |")
     return rows
 
 
@@ -96,8 +96,8 @@ def _pair_lines(p: dict) -> list[str]:
             "| | teacher won | teacher lost |", "|---|---|---|",
             f"| **student won** | {p['both']} (both) | {p['only_student']} (only student) |",
             f"| **student lost** | {p['only_teacher']} (only teacher) | {p['neither']} (neither) |", "",
-            f"Speedup (teacher time / student time per task): wall {fmt(sp['wall'])}, model {fmt(sp['model'])}, "
-            f"whole run {fmt(sp['run'])}.", ""]
+            f"Speedup (teacher time / student time per task; below 1 the student is slower): wall "
+            f"{fmt(sp['wall'])}, model {fmt(sp['model'])}, whole run {fmt(sp['run'])}.", ""]
 
 
 def render_markdown(summary: dict, pngs: list) -> str:
@@ -108,7 +108,9 @@ def render_markdown(summary: dict, pngs: list) -> str:
              "built offline by duomem-fast)",
              f"- max steps {m.get('max_steps')}, {m.get('workers')} episodes at once",
              f"- command: `{m.get('command')}`",
-             "- machine: " + ", ".join(f"{k} `{v}`" for k, v in m.get("machine", {}).items()), "",
+             "- machine at the end: " + ", ".join(f"{k} `{v}`" for k, v in m.get("machine", {}).items()),
+             f"- load average (1, 5, 15 min) at the start: `{m.get('loadavg_at_start')}`: other processes on "
+             "this machine slow every timing below", "",
              "Per-episode times are latencies (model + environment per task); *run s/task* is the elapsed time of "
              "the whole run divided by its games, which parallel episodes make smaller.", "",
              "## Agents", "", *_agent_table(summary["agents"]), "", "## Success per task type", "",
@@ -119,5 +121,7 @@ def render_markdown(summary: dict, pngs: list) -> str:
                       f"(rerun the same command to retry them); first: `{s['errors'][0]['error']}`", ""]
     if "pair" in summary:
         lines += _pair_lines(summary["pair"])
+    lines += ["## Agent configs", ""] + [f"- **{n}** (`{s['spec']}`): `{json.dumps(s.get('config'))}`, episodes in "
+                                          f"`{s['run_dir']}`" for n, s in summary["agents"].items()] + [""]
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.as_posix()})" for p in pngs] + [""]
     return "\n".join(lines)
