@@ -1,6 +1,7 @@
 """The agent's use of the model, end to end: a playbook prefix, then steps of (append observation, decode a command).
 
-    python benchmarks/bench_agent_step.py [--steps 20] [--playbook 2000] [--threads 1] [--json runs/agent_step.json]
+    python benchmarks/bench_agent_step.py [--steps 20] [--playbook 2000] [--threads 1] [--batch 4] [--bf16]
+                                          [--json runs/agent_step.json]
 
 Default model (SmolLM2-135M-Instruct, fp32) with a random LoRA adapter (r=16 on all linear layers, nonzero B).
 A playbook of --playbook tokens, then --steps steps each appending a 60-token observation and decoding 12 tokens
@@ -74,6 +75,28 @@ class Ours:
         t1 = time.perf_counter()
         self.session.generate(n)
         return self.session.tokens[-n:], t1 - t0, time.perf_counter() - t1
+
+
+class OursBatch(Ours):
+    """n sessions on the one prefix (parallel episodes): appends one by one, decoding as one batch. Times are per
+    session (total / n); tokens are session 0's."""
+
+    def __init__(self, engine, n):
+        super().__init__(engine)
+        self.n = n
+
+    def start(self, playbook):
+        prefill = super().start(playbook)
+        self.sessions = [self.session] + [self.engine.session(self.session.prefix) for _ in range(self.n - 1)]
+        return prefill
+
+    def step(self, obs, n):
+        t0 = time.perf_counter()
+        for s in self.sessions:
+            s.append(obs)
+        t1 = time.perf_counter()
+        self.engine.generate_batch(self.sessions, n)
+        return self.sessions[0].tokens[-n:], (t1 - t0) / self.n, (time.perf_counter() - t1) / self.n
 
 
 class HFCached:
@@ -171,8 +194,9 @@ def summarize(name, res, n_playbook, reference, gate_steps, bytes_per_token, ban
     return row
 
 
-def decode_bytes(engine, mean_context: int, unmerged: bool) -> int:
-    """Bytes one decode token reads: every linear weight, the LM head, the adapter if unmerged, and the KV."""
+def decode_bytes(engine, mean_context: int, unmerged: bool, sessions: int = 1) -> float:
+    """Bytes one decode token reads: every linear weight, the LM head, the adapter if unmerged (shared by the
+    `sessions` decoding together), and its own KV."""
     w = engine.decoder.w
     size = lambda t: t.numel() * t.element_size()  # noqa: E731
     total = size(w.lm_head) + size(w.norm)
@@ -181,7 +205,8 @@ def decode_bytes(engine, mean_context: int, unmerged: bool) -> int:
         if unmerged:
             total += sum(size(p.a) + size(p.b) for p in lw.lora.values())
     cfg = engine.config
-    return total + 2 * cfg.num_layers * mean_context * cfg.num_kv_heads * cfg.head_dim * w.embed.element_size()
+    kv = 2 * cfg.num_layers * mean_context * cfg.num_kv_heads * cfg.head_dim * w.embed.element_size()
+    return total / sessions + kv
 
 
 def _hf_models(model_dir, adapter):
@@ -212,6 +237,8 @@ def main(argv=None) -> dict:
     p.add_argument("--reencode-steps", type=int, default=3, help="steps timed for the re-encoding baseline")
     p.add_argument("--gate-steps", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch", type=int, default=4, help="also run this many sessions decoding as one batch (0: off)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False, help="also run ours merged bf16")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -244,10 +271,21 @@ def main(argv=None) -> dict:
         engines[name] = Engine.from_pretrained(None, adapter=adapter, merge_lora=merge)
         results[name] = run_engine(Ours(engines[name]), playbook, observations)
     ours = engines["ours unmerged"]
-    for name in ("hf+peft re-encode", "hf merged+cache", "ours unmerged", "ours merged"):
-        unmerged = name in ("hf+peft re-encode", "ours unmerged")
+    if args.batch > 1:
+        name = f"ours unmerged x{args.batch} batch"
+        print(f"running {name} ...", flush=True)
+        results[name] = run_engine(OursBatch(ours, args.batch), playbook, observations)
+        results[name]["cpu_s"] = [x / args.batch for x in results[name]["cpu_s"]]  # per session
+    if args.bf16:
+        print("running ours merged bf16 ...", flush=True)
+        engines["ours merged bf16"] = Engine.from_pretrained(None, adapter=adapter, merge_lora=True, dtype="bfloat16")
+        results["ours merged bf16"] = run_engine(Ours(engines["ours merged bf16"]), playbook, observations)
+    order = ["hf+peft re-encode", "hf merged+cache"] + [n for n in results if not n.startswith("hf")]
+    for name in order:
+        unmerged = "unmerged" in name or "peft" in name
         rows.append(summarize(name, results[name], args.playbook, reference, args.gate_steps,
-                              decode_bytes(ours, mean_ctx, unmerged), bandwidth))
+                              decode_bytes(engines.get(name, ours), mean_ctx, unmerged,
+                                           args.batch if "batch" in name else 1), bandwidth))
     rows.insert(2, _llama_cpp_row())
     cols = ["engine", "gate", "steps_equal", "s_per_step", "p10", "p90", "cpu_s_per_step", "prefill_tok_s",
             "decode_ms_tok", "pct_bw_limit"]
