@@ -20,19 +20,21 @@ def native_extensions():
     if os.environ.get("DUOMEM_NO_NATIVE", "0") == "1":
         return [], {}
     import torch
-    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
     cpp = sorted(glob.glob("csrc/*.cpp"))
     if not cpp:
         return [], {}
     cxx = ["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only", "-DNDEBUG"]
-    if os.environ.get("DUOMEM_PORTABLE", "0") == "1":  # wheels for other machines: AVX-512 paths gated at runtime
-        cxx = [f for f in cxx if f != "-march=native"] + ["-mavx2", "-mfma"]
+    if os.environ.get("DUOMEM_PORTABLE", "0") == "1":  # wheels for other machines: the AVX-512 intrinsics paths
+        cxx = [f for f in cxx if f != "-march=native"] + ["-mavx2", "-mfma"]  # compile out, portable loops remain
     cu = sorted(glob.glob("csrc/*.cu"))
-    with_cuda = bool(cu) and torch.cuda.is_available() and os.environ.get("CUDA_HOME")
+    # A CUDA build of torch plus nvcc is enough (no GPU needed to build); CPU-only torch never builds the .cu files.
+    with_cuda = bool(cu) and torch.version.cuda is not None and CUDA_HOME is not None
+    nvcc = ["-O3", "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
     kw = dict(name="duomem_fast._C", sources=cpp, extra_link_args=["-fopenmp"])
     if with_cuda:
-        ext = CUDAExtension(sources=cpp + cu, extra_compile_args={"cxx": cxx + ["-DWITH_CUDA"], "nvcc": ["-O3"]},
+        ext = CUDAExtension(sources=cpp + cu, extra_compile_args={"cxx": cxx + ["-DWITH_CUDA"], "nvcc": nvcc},
                             **{k: v for k, v in kw.items() if k != "sources"})
     else:
         ext = CppExtension(extra_compile_args=cxx, **kw)
