@@ -22,7 +22,7 @@ def parse_dtype(dtype) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def build_engine(cls, model, adapter, merge_lora: bool, dtype, attn_impl: str = "flash",
+def build_engine(cls, model, adapter, merge_lora: bool, dtype, attn_impl: str = "auto",
                  prefix_budget_bytes: int = 2 << 30):
     from transformers import AutoTokenizer
 

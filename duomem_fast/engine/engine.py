@@ -39,7 +39,7 @@ class Engine:
                         merge_lora: bool = False, dtype: str | torch.dtype | None = None, **options) -> "Engine":
         """Load a model (None = the default SmolLM2-135M-Instruct; or a local HF directory) and optionally a PEFT
         LoRA adapter directory, merged into the weights or kept unmerged. dtype: None/"float32" or "bfloat16".
-        options: attn_impl ("flash" | "torch" | "ops"), prefix_budget_bytes."""
+        options: attn_impl ("auto" | "flash" | "torch" | "ops"), prefix_budget_bytes."""
         from duomem_fast.engine.build import build_engine
 
         return build_engine(cls, model, adapter, merge_lora, dtype, **options)

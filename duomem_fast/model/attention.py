@@ -1,8 +1,9 @@
 """Attention of new query rows over shared KV segments (fully visible) plus each row's own causal KV.
 
-Three interchangeable paths, none copying the prefix KV: "flash" (default) calls torch's CPU flash-attention kernel
-per segment and merges through the lse; "ops" goes through `duomem_fast.ops.prefix_attention` (+ merge_attention for
-extra segments); "torch" is a readable grouped-query matmul path.
+Three interchangeable paths, none copying the prefix KV, and "auto" (the default) picking per call: "flash" calls
+torch's CPU flash-attention kernel per segment and merges through the lse; "ops" goes through
+`duomem_fast.ops.prefix_attention` (+ merge_attention for extra segments); "torch" is a readable grouped-query
+matmul path.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ def attend(q: Tensor, shared: list[tuple[Tensor, Tensor]], own_k: Tensor | None,
     """q (B, T, Hq, D); shared: [(k (P, Hkv, D), v)]; own_k/v (B, S, Hkv, D) right-padded, causal, valid lengths
     own_lens (B,) (None = all S; query t sits at own position len - T + t). Returns (B, T, Hq, D)."""
     shared = [(k, v) for k, v in shared if k.shape[0] > 0]
+    if impl == "auto":  # decode rows: the native kernel streams KV faster (5.5 vs 3.9 GB/s); prefill: torch flash
+        impl = "ops" if q.shape[1] == 1 and ops.backend(q.device.type) == "native" else "flash"
     if impl == "flash" and _FLASH is not None:
         return _attend_flash(q, shared, own_k, own_v, own_lens)
     if impl in ("torch", "flash"):

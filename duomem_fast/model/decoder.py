@@ -34,13 +34,13 @@ class Step:
 class Decoder:
     """Weights + forward.
 
-    attn_impl: "flash" (torch's CPU flash kernel per KV segment, merged through the lse), "torch" (grouped matmuls)
-    or "ops" (the dispatcher's prefix_attention + merge_attention); see model/attention.py.
+    attn_impl: "auto" (native ops for decode rows, else flash), "flash" (torch's CPU flash kernel per KV segment,
+    merged through the lse), "torch" (grouped matmuls) or "ops" (the dispatcher); see model/attention.py.
     """
 
-    def __init__(self, cfg: ModelConfig, weights: Weights, dtype: torch.dtype, attn_impl: str = "flash") -> None:
-        if attn_impl not in ("torch", "ops", "flash"):
-            raise ValueError(f"unknown attn_impl {attn_impl!r}: expected 'flash', 'torch' or 'ops'")
+    def __init__(self, cfg: ModelConfig, weights: Weights, dtype: torch.dtype, attn_impl: str = "auto") -> None:
+        if attn_impl not in ("auto", "torch", "ops", "flash"):
+            raise ValueError(f"unknown attn_impl {attn_impl!r}: expected 'auto', 'flash', 'torch' or 'ops'")
         self.cfg, self.w, self.dtype, self.attn_impl = cfg, weights, dtype, attn_impl
         self.rope = Rope(cfg.hf, cfg.head_dim, cfg.max_context)
 

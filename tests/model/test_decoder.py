@@ -21,7 +21,7 @@ def _hf_logits(path, ids):
         return AutoModelForCausalLM.from_pretrained(path).eval()(ids).logits[0]
 
 
-@pytest.mark.parametrize("impl", ["flash", "torch", "ops"])
+@pytest.mark.parametrize("impl", ["auto", "flash", "torch", "ops"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_logits_match_transformers(tiny_dirs, arch, impl):
     dec = _decoder(tiny_dirs[arch], impl)
@@ -31,7 +31,7 @@ def test_logits_match_transformers(tiny_dirs, arch, impl):
     torch.testing.assert_close(out, ref, atol=TOL, rtol=0)
 
 
-@pytest.mark.parametrize("impl", ["flash", "torch", "ops"])
+@pytest.mark.parametrize("impl", ["auto", "flash", "torch", "ops"])
 def test_shared_prefix_plus_own_kv_equals_one_pass(tiny_dirs, impl):
     dec = _decoder(tiny_dirs["qwen3"], impl)
     cfg = dec.cfg
