@@ -79,6 +79,8 @@ class AlfEnv:
         if max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
         self.game = as_game(game)
+        if not self.game.path.is_file():
+            raise ValueError(f"game file not found: {self.game.path}")
         self.max_steps = max_steps
         self.clock = EnvClock()
         t0 = time.perf_counter()

@@ -5,7 +5,7 @@ from alf_helpers import SAMPLE, make_official, needs_alfworld, needs_sample
 from duomem_fast.alfworld.agent import run_episode, run_games
 from duomem_fast.alfworld.env import NOTHING, AlfEnv
 from duomem_fast.alfworld.expert import ExpertPolicy
-from duomem_fast.alfworld.games import list_games
+from duomem_fast.alfworld.games import Game, list_games
 from duomem_fast.alfworld.records import read_records
 
 pytestmark = [needs_alfworld, needs_sample]
@@ -45,6 +45,9 @@ def test_bad_game_path(tmp_path):
         AlfEnv(tmp_path / "nope" / "game.tw-pddl")
     with pytest.raises(ValueError, match="max_steps"):
         AlfEnv(SAMPLE, max_steps=0)
+    ghost = Game(tmp_path / "gone" / "game.tw-pddl", "train", "official", "pick_and_place_simple")
+    with pytest.raises(ValueError, match="gone"):
+        AlfEnv(ghost)
 
 
 def test_run_games_appends_and_skips_done(tmp_path):
