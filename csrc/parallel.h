@@ -109,8 +109,7 @@ class ChunkPool {
 };
 
 // fn(i) for i in [0, n) over at::get_num_threads() threads (the caller plus helpers). The pool grows to the
-// largest thread count asked for; a forked child (threads do not survive fork) gets a fresh pool and leaks the
-// parent's copy, which it never joins.
+// largest thread count asked for; a forked child (threads do not survive fork) gets a fresh pool.
 inline void parallel_chunks(int64_t n, const std::function<void(int64_t)>& fn) {
   static ChunkPool* pool = nullptr;
   static std::mutex make;
@@ -122,10 +121,8 @@ inline void parallel_chunks(int64_t n, const std::function<void(int64_t)>& fn) {
   ChunkPool* p;
   {
     std::lock_guard<std::mutex> lock(make);
-    if (pool == nullptr || pool->pid() != getpid() || pool->helpers() < want) {
-      if (pool != nullptr && pool->pid() == getpid()) delete pool;  // grow: join the smaller pool's helpers
-      pool = new ChunkPool(want);
-    }
+    // Grow or fork: a new pool; the old one is leaked (its helpers sleep), since another caller may still hold it.
+    if (pool == nullptr || pool->pid() != getpid() || pool->helpers() < want) pool = new ChunkPool(want);
     p = pool;
   }
   p->run(n, fn, want);

@@ -77,14 +77,16 @@ void pv_accumulate(RowBlock& rb, const float* p, const float* v, int64_t ld, int
 void attend_rows(RowBlock& rb, const float* k, const float* v, int64_t ld, int64_t L, float scale) {
   static thread_local float s[kRowsPerItem * kKeyBlock];
   const int64_t D = rb.D, R = rb.n;
+  const int64_t R4 = (R + 3) / 4 * 4;  // padded to the 4x4 register block (zero rows, scores ignored): decode has
+                                       // G=3 rows per head, and 4x4 blocks reduce 16 sums at once
   int64_t lmax = 0;
   for (int64_t i = 0; i < R; ++i) lmax = std::max(lmax, std::min(rb.limit[i], L));
   for (int64_t n0 = 0; n0 < lmax; n0 += kKeyBlock) {
     const int64_t nb = std::min(kKeyBlock, lmax - n0);
     int64_t n = 0;
     for (; n + kRowBlock <= nb; n += kRowBlock)  // scores: 4 keys x 4 rows per register block
-      dot_rows<kRowBlock>(k + (n0 + n) * ld, ld, rb.q, D, D, R, s + n, kKeyBlock);
-    for (; n < nb; ++n) dot_rows<1>(k + (n0 + n) * ld, ld, rb.q, D, D, R, s + n, kKeyBlock);
+      dot_rows<kRowBlock>(k + (n0 + n) * ld, ld, rb.q, D, D, R4, s + n, kKeyBlock);
+    for (; n < nb; ++n) dot_rows<1>(k + (n0 + n) * ld, ld, rb.q, D, D, R4, s + n, kKeyBlock);
     for (int64_t i = 0; i < R; ++i) {
       float* si = s + i * kKeyBlock;
       const int64_t vis = std::max<int64_t>(0, std::min(nb, rb.limit[i] - n0));
@@ -123,6 +125,7 @@ void load_rows(RowBlock& rb, const Geometry& geo, int64_t h, int64_t r0, int64_t
     rb.m[i] = -1e30f;
     rb.l[i] = 0.f;
   }
+  std::fill(rb.q + n * geo.D, rb.q + std::min<int64_t>(kRowsPerItem, (n + 3) / 4 * 4) * geo.D, 0.f);
 }
 
 // Finish a row block: normalise, and either store or merge (through lse) with what the prefix pass stored.
