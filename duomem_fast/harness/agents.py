@@ -17,7 +17,7 @@ import functools
 import random
 from dataclasses import dataclass, field
 
-from .chat_policy import ChatPolicy
+from .chat_policy import SYSTEM, ChatPolicy
 from .openai_client import ClientConfig, OpenAIClient
 from .runner import Plan
 
@@ -137,7 +137,8 @@ def build_agent(spec: AgentSpec | str) -> Agent:
         cfg.model = cfg.model or OpenAIClient(cfg).config.model       # resolve once: it is part of the config
         hist, mt = _int(spec, "history", 8), _int(spec, "max_tokens", 24)
         make = functools.partial(_make_chat, config=cfg, name=spec.label, history=hist, max_tokens=mt)
-        config = {"kind": "openai", "url": cfg.base_url, "model": cfg.model, "history": hist, "max_tokens": mt}
+        config = {"kind": "openai", "url": cfg.base_url, "model": cfg.model, "history": hist, "max_tokens": mt,
+                  "prompt": SYSTEM}
         return Agent(spec.label, spec, config, _local_plan(make))
     from .engine_agent import build_engine_agent
     return build_engine_agent(spec)

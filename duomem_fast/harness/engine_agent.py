@@ -58,6 +58,16 @@ class MemoryPolicy:
         return self.inner.usage()
 
 
+def _prompt_sha(placement: str) -> str:
+    """The agent's prompt text is part of a run's identity: a prompt change starts a new run."""
+    import hashlib
+
+    from ..alfworld.prompts import first_user_message, system_message
+
+    text = system_message("<playbook>", placement) + first_user_message("<observation>", "<playbook>", placement)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def build_engine_agent(spec: AgentSpec) -> Agent:
     from ..alfworld.agent import EnginePolicy
     from ..memory import MemoryBank, default_adapter_dir, default_bank_path
@@ -76,7 +86,7 @@ def build_engine_agent(spec: AgentSpec) -> Agent:
         inner = EnginePolicy(GuardedEngine(engine, lock), mode=mode, placement=placement, name=name)
         return MemoryPolicy(inner, bank, k, parts)
 
-    config = {"kind": "engine", "engine": engine.fingerprint, "model": str(engine.model_dir), "adapter": adapter,
+    config = {"kind": "engine", "engine": engine.fingerprint, "prompt": _prompt_sha(placement), "model": str(engine.model_dir), "adapter": adapter,
               "bank": bank.content_sha() if bank else None, "k": k, "mode": mode, "parts": parts,
               "placement": placement}
     plan = Plan(make_env=GameHost, make_policy=make_policy, play=play_remote, game_id=game_id, in_worker=False)
