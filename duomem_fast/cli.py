@@ -220,11 +220,14 @@ COMMANDS = {"eval": eval_cmd, "compare": compare_cmd, "games": games_cmd, "disti
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .harness.openai_client import APIError
+    from .harness.runner import EpisodeError
+
     args = vars(build_parser().parse_args(argv))
     command = COMMANDS[args.pop("command")]
     try:
         result = command(**args)
-    except ValueError as e:          # bad input: one clear line, no traceback
+    except (ValueError, EpisodeError, APIError) as e:     # bad input or a dead endpoint: one clear line
         print(f"duomem-fast: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

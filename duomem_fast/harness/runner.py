@@ -51,6 +51,7 @@ class _Progress:
         self.won = sum(bool(r["won"]) for r in done)
         self.n = len(done)
         self.added = 0
+        self.errors: list[tuple[str, str]] = []
         self.bar = tqdm(total=total, initial=len(done), desc=label, unit="game", disable=not enabled,
                         file=sys.stderr, dynamic_ncols=True)
         self._post()
@@ -81,24 +82,18 @@ def run_games(plan: Plan, games: list, log: EpisodeLog, opts: RunOptions, label:
     ids = [plan.game_id(g) for g in games]
     todo = [g for g, i in zip(games, ids) if not log.done(i)]
     progress = _Progress(len(games), log.ordered(ids), label, opts.progress)
-    progress.errors = []
     t0 = time.perf_counter()
+    run = _run_serial if opts.workers == 1 else _run_process_pool if plan.in_worker else _run_threads
     try:
-        if not todo:
-            pass
-        elif opts.workers == 1:
-            _run_serial(plan, todo, log, opts, progress)
-        elif plan.in_worker:
-            _run_process_pool(plan, todo, log, opts, progress)
-        else:
-            _run_threads(plan, todo, log, opts, progress)
+        if todo:
+            run(plan, todo, log, opts, progress)
     finally:
         progress.close()
     return time.perf_counter() - t0, progress.errors
 
 
 class EpisodeError(RuntimeError):
-    pass
+    """The first episodes of a run all failed: the agent or its games are broken."""
 
 
 def _record(log: EpisodeLog, progress: _Progress, record: dict) -> None:
