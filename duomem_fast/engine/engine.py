@@ -21,12 +21,15 @@ class Engine:
     """Entry point: `Engine.from_pretrained(model=None, adapter=None, merge_lora=False, dtype=None)`."""
 
     def __init__(self, decoder: Decoder, tokenizer, fingerprint: str, model_dir: Path,
-                 prefix_budget_bytes: int = 2 << 30) -> None:
+                 prefix_budget_bytes: int = 2 << 30, lookahead: int = 0) -> None:
         self.decoder, self.tokenizer, self.fingerprint, self.model_dir = decoder, tokenizer, fingerprint, model_dir
         self.config = decoder.cfg
         self.dtype = decoder.dtype
         self.store = PrefixStore(prefix_budget_bytes)
         self.stats = Stats()
+        if lookahead < 0:
+            raise ValueError(f"lookahead must be >= 0, got {lookahead}")
+        self.lookahead = lookahead  # greedy prompt-lookup draft length (0 = off); see engine/lookahead.py
         self.eos_ids = set(self.config.eos_token_ids)
         if tokenizer.eos_token_id is not None:
             self.eos_ids.add(tokenizer.eos_token_id)
@@ -39,7 +42,8 @@ class Engine:
                         merge_lora: bool = False, dtype: str | torch.dtype | None = None, **options) -> "Engine":
         """Load a model (None = the default SmolLM2-135M-Instruct; or a local HF directory) and optionally a PEFT
         LoRA adapter directory, merged into the weights or kept unmerged. dtype: None/"float32" or "bfloat16".
-        options: attn_impl ("auto" | "flash" | "torch" | "ops"), prefix_budget_bytes."""
+        options: attn_impl ("auto" | "flash" | "torch" | "ops"), prefix_budget_bytes, lookahead (greedy prompt-lookup
+        draft length, 0 = off)."""
         from duomem_fast.engine.build import build_engine
 
         return build_engine(cls, model, adapter, merge_lora, dtype, **options)
@@ -165,6 +169,18 @@ class Engine:
     def _run(self, session: Session, ids: list[int]) -> torch.Tensor:
         t0 = time.perf_counter()
         logits = self._encode(ids, session.prefix, session.kv)
+        session.stats.model_seconds += time.perf_counter() - t0
+        return logits
+
+    def _run_all(self, session: Session, ids: list[int]) -> torch.Tensor:
+        """Run a few own tokens of `session`; logits of every one, (len(ids), vocab)."""
+        t0, kv = time.perf_counter(), session.kv
+        kv.reserve(len(ids))
+        pos0 = len(session.prefix) + kv.length
+        step = Step(positions=torch.arange(pos0, pos0 + len(ids))[None], shared=[(session.prefix.k, session.prefix.v)],
+                    own_k=kv.k, own_v=kv.v, own_start=[kv.length])
+        logits = self._forward(torch.tensor([ids]), step, logits="all")[0]
+        kv.length += len(ids)
         session.stats.model_seconds += time.perf_counter() - t0
         return logits
 

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from duomem_fast.engine.kv import KVBuffer, Prefix
+from duomem_fast.engine.lookahead import greedy_lookahead
 from duomem_fast.engine.sampling import check_sampling, make_generator, sample
 from duomem_fast.engine.stats import Stats
 
@@ -45,21 +46,27 @@ class Session:
         return len(ids)
 
     def generate(self, max_new_tokens: int = 64, stop: Sequence[str] | None = None, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int | None = None) -> str:
+                 top_p: float = 1.0, seed: int | None = None, lookahead: int | None = None) -> str:
         """Decode up to max_new_tokens (stops at EOS or after any `stop` string); the text joins the context.
 
-        Returns the new text without the EOS token and cut before the first stop string.
+        Returns the new text without the EOS token and cut before the first stop string. lookahead (greedy only;
+        None = the engine's setting): draft up to that many tokens by prompt lookup and verify them in one pass.
         """
         check_sampling(temperature, top_p, max_new_tokens)
         self.engine._check_fits(len(self) + max_new_tokens)
         gen, generator, stop = [], make_generator(seed), list(stop or [])
+        k = self.engine.lookahead if lookahead is None else lookahead
+        if temperature <= 0.0 and k > 0:
+            gen = greedy_lookahead(self, max_new_tokens, stop, k, lambda g: self._done(g, stop))
+            self._count(tokens_generated=len(gen))
+            return self.engine.finish_text(gen, stop)
         for _ in range(max_new_tokens):
             self._flush()
             logits = self._need_logits()
             tok = int(sample(logits[None], temperature, top_p, generator)[0])
             gen.append(tok)
             self.tokens.append(tok)
-            if tok in self.engine.eos_ids or (stop and _hit(self.engine.decode(gen), stop)):
+            if self._done(gen, stop):
                 break
         self._count(tokens_generated=len(gen))
         return self.engine.finish_text(gen, stop)
@@ -87,6 +94,9 @@ class Session:
         if n_own <= self.kv.length:
             self.kv.length = max(n_own - 1, 0)  # recompute the last token to get its logits back
             self.logits = self.prefix.logits if n_own == 0 else None
+
+    def _done(self, gen: list[int], stop: list[str]) -> bool:
+        return gen[-1] in self.engine.eos_ids or bool(stop and _hit(self.engine.decode(gen), stop))
 
     def _flush(self) -> None:
         """Run the pending own tokens through the model."""

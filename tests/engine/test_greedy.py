@@ -81,3 +81,5 @@ def test_greedy_equals_transformers_default_model(tmp_path):
     for merge in (False, True):
         engine = Engine.from_pretrained(None, adapter=tmp_path / "ad", merge_lora=merge)
         assert _ours_greedy(engine, ids, 16, split=40) == ref, f"merge_lora={merge}"
+    engine.lookahead = 4
+    assert _ours_greedy(engine, ids, 16, split=40) == ref, "prompt-lookup drafts"

@@ -215,3 +215,20 @@ def test_damaged_prefix_file_is_refused(engine, tmp_path):
 def test_unknown_attn_impl_is_named(tiny_dirs):
     with pytest.raises(ValueError, match="unknown attn_impl 'cuda'"):
         Engine.from_pretrained(tiny_dirs["llama"], attn_impl="cuda")
+
+
+def test_lookahead_is_exact_greedy(engine):
+    """Prompt-lookup drafts change nothing but the number of passes: same tokens, same state after."""
+    rep = _ids(6, 33)
+    ids = rep * 4 + _ids(5, 34) + rep[:3]  # repetitive context: drafts get proposed and partly accepted
+    plain, fast = engine.session(ids), engine.session(ids)
+    assert fast.generate(15, lookahead=4) == plain.generate(15, lookahead=0)
+    assert fast.tokens == plain.tokens
+    tail = _ids(4, 35)
+    plain.append(tail)
+    fast.append(tail)
+    torch.testing.assert_close(fast.logits, plain.logits, atol=2e-5, rtol=0)
+    stop = engine.decode(plain.tokens[-6:-4])
+    assert fast.generate(12, stop=[stop], lookahead=3) == plain.generate(12, stop=[stop], lookahead=0)
+    with pytest.raises(ValueError, match="lookahead"):
+        Engine(engine.decoder, engine.tokenizer, engine.fingerprint, engine.model_dir, lookahead=-1)
