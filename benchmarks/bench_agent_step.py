@@ -1,7 +1,7 @@
 """The agent's use of the model, end to end: a playbook prefix, then steps of (append observation, decode a command).
 
-    python benchmarks/bench_agent_step.py [--steps 20] [--playbook 2000] [--threads 1] [--batch 4] [--bf16]
-                                          [--json runs/agent_step.json]
+    python benchmarks/bench_agent_step.py [--steps 20] [--playbook 2000] [--threads 1] [--batch 4] [--lookahead 4]
+                                          [--bf16] [--json runs/agent_step.json]
 
 Default model (SmolLM2-135M-Instruct, fp32) with a random LoRA adapter (r=16 on all linear layers, nonzero B).
 A playbook of --playbook tokens, then --steps steps each appending a 60-token observation and decoding 12 tokens
@@ -12,6 +12,8 @@ greedily (EOS ignored, so every engine does the same work). Engines, in one proc
   3. llama.cpp           llama-cpp-python on the same weights (skipped with a message when not installed)
   4. ours unmerged       duomem_fast Engine, adapter applied per layer (fused lora_linear)
   5. ours merged         duomem_fast Engine, adapter merged
+  extra rows: ours with --batch sessions decoding together (times per session), ours with greedy prompt-lookup
+  drafts (--lookahead; exact greedy, so it faces the same gate), ours in bf16 (--bf16; not token-exact in general)
 Correctness gate first: each engine's greedy tokens must equal transformers' with the adapter merged (engine 2) on
 the first --gate-steps steps; an engine that fails reports no speed. Then per engine: seconds per step (median,
 p10, p90), prefill tok/s (the playbook), decode ms/token, and decode as % of the bandwidth limit (bytes read per
@@ -238,6 +240,7 @@ def main(argv=None) -> dict:
     p.add_argument("--gate-steps", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, default=4, help="also run this many sessions decoding as one batch (0: off)")
+    p.add_argument("--lookahead", type=int, default=4, help="also run ours with prompt-lookup drafts (0: off)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False, help="also run ours merged bf16")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
@@ -276,6 +279,13 @@ def main(argv=None) -> dict:
         print(f"running {name} ...", flush=True)
         results[name] = run_engine(OursBatch(ours, args.batch), playbook, observations)
         results[name]["cpu_s"] = [x / args.batch for x in results[name]["cpu_s"]]  # per session
+    if args.lookahead:
+        name = f"ours unmerged lookahead {args.lookahead}"
+        print(f"running {name} ...", flush=True)
+        engines[name] = ours
+        ours.lookahead = args.lookahead
+        results[name] = run_engine(Ours(ours), playbook, observations)
+        ours.lookahead = 0
     if args.bf16:
         print("running ours merged bf16 ...", flush=True)
         engines["ours merged bf16"] = Engine.from_pretrained(None, adapter=adapter, merge_lora=True, dtype="bfloat16")
@@ -332,6 +342,11 @@ def _targets(rows) -> list[str]:
         out.append(f"unmerged over merged: {100 * (ratio(u, m, 's_per_step') - 1):+.1f}% wall, "
                    f"{100 * (ratio(u, m, 'cpu_s_per_step') - 1):+.1f}% CPU per step (target <= +5%)")
     out.append(f"ours unmerged decode: {u['pct_bw_limit']:.0f}% of the bandwidth limit (target >= 70%)")
+    base = r.get("hf merged+cache")
+    for name, row in r.items():
+        if base and name.startswith("ours") and name not in ("ours unmerged", "ours merged"):
+            out.append(f"{name} vs hf merged+cache: {ratio(base, row, 's_per_step'):.2f}x per step wall, "
+                       f"{ratio(base, row, 'cpu_s_per_step'):.2f}x CPU")
     return out
 
 
