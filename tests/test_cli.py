@@ -37,7 +37,8 @@ def _args(data, out, steps, workers=2):
 
 def test_compare_with_expert_teacher_writes_the_report(data, tmp_path):
     out = tmp_path / "out"
-    assert main(["compare", "--student", "random", "--teacher", "expert", *_args(data, out, 16)]) == 0
+    # in-process (workers=1): the openai test below runs episodes in parallel, the runner tests the process pool
+    assert main(["compare", "--student", "random", "--teacher", "expert", *_args(data, out, 16, workers=1)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     expert, rnd = summary["agents"]["expert"], summary["agents"]["random"]
     assert expert["games"] == rnd["games"] == 2 and expert["won"] == 2
@@ -66,7 +67,7 @@ def test_compare_against_our_server_as_openai_teacher(data, tmp_path):
     out = tmp_path / "out"
     try:
         code = main(["compare", "--student", f"hf:{tiny},adapter=none,memory=none", "--teacher", f"openai:{url}",
-                     *_args(data, out, 2, workers=1)])     # in-process: parallel modes are covered elsewhere
+                     *_args(data, out, 2)])
     finally:
         srv.shutdown()
         srv.server_close()

@@ -91,8 +91,7 @@ def _make_random(env, seed: int):
     return RandomPolicy(seed)
 
 
-def _make_chat(env, config: ClientConfig, name: str, history: int, max_tokens: int):
-    client = OpenAIClient(config)
+def _make_chat(env, client: OpenAIClient, name: str, history: int, max_tokens: int):
     return ChatPolicy(client.chat, name, history=history, max_tokens=max_tokens)
 
 
@@ -124,6 +123,12 @@ def _local_plan(make_policy) -> Plan:
     return Plan(make_env=no_env, make_policy=make_policy, play=play_local, game_id=game_id, in_worker=True)
 
 
+def _remote_env_plan(make_policy) -> Plan:
+    """Policies in this process (threads share one client), games in env worker processes."""
+    from .episodes import GameHost, game_id, play_remote
+    return Plan(make_env=GameHost, make_policy=make_policy, play=play_remote, game_id=game_id, in_worker=False)
+
+
 def build_agent(spec: AgentSpec | str) -> Agent:
     """Build the agent a spec names. Engine agents load their model here (once, shared by parallel episodes)."""
     spec = parse_agent(spec) if isinstance(spec, str) else spec
@@ -134,11 +139,11 @@ def build_agent(spec: AgentSpec | str) -> Agent:
     if spec.kind == "openai":
         cfg = ClientConfig(spec.target, model=spec.options.get("model"), timeout=_float(spec, "timeout", 60.0),
                            max_retries=_int(spec, "retries", 4), rate=_float(spec, "rate", 0.0))
-        cfg.model = cfg.model or OpenAIClient(cfg).config.model       # resolve once: it is part of the config
+        client = OpenAIClient(cfg)              # one client for all episodes: its rate limit is global
         hist, mt = _int(spec, "history", 8), _int(spec, "max_tokens", 24)
-        make = functools.partial(_make_chat, config=cfg, name=spec.label, history=hist, max_tokens=mt)
+        make = functools.partial(_make_chat, client=client, name=spec.label, history=hist, max_tokens=mt)
         config = {"kind": "openai", "url": cfg.base_url, "model": cfg.model, "history": hist, "max_tokens": mt,
                   "prompt": SYSTEM}
-        return Agent(spec.label, spec, config, _local_plan(make))
+        return Agent(spec.label, spec, config, _remote_env_plan(make))
     from .engine_agent import build_engine_agent
     return build_engine_agent(spec)

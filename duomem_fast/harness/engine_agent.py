@@ -8,10 +8,8 @@ from __future__ import annotations
 import sys
 import threading
 
-from .agents import Agent, AgentSpec, _int
-from .episodes import GameHost, game_id, play_remote
+from .agents import Agent, AgentSpec, _int, _remote_env_plan
 from .guard import GuardedEngine
-from .runner import Plan
 
 _ENGINES: dict[tuple, object] = {}     # (model, adapter, merge, dtype) -> Engine, shared by ablation arms
 
@@ -89,5 +87,4 @@ def build_engine_agent(spec: AgentSpec) -> Agent:
     config = {"kind": "engine", "engine": engine.fingerprint, "prompt": _prompt_sha(placement), "model": str(engine.model_dir), "adapter": adapter,
               "bank": bank.content_sha() if bank else None, "k": k, "mode": mode, "parts": parts,
               "placement": placement}
-    plan = Plan(make_env=GameHost, make_policy=make_policy, play=play_remote, game_id=game_id, in_worker=False)
-    return Agent(name, spec, config, plan)
+    return Agent(name, spec, config, _remote_env_plan(make_policy))
