@@ -33,7 +33,8 @@ class Handler(BaseHTTPRequestHandler):
         try:
             fn()
         except P.APIError as e:
-            self._json(e.status, e.body())
+            self.close_connection = True       # the request body may be unread: do not reuse the connection
+            self._json(e.status, e.body(), {"Connection": "close"})
         except (BrokenPipeError, ConnectionResetError):
             pass
         except Exception as e:       # never crash the server on a request
