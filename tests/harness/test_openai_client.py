@@ -93,3 +93,19 @@ def test_chat_policy_maps_answers_to_admissible_commands(flaky):
     roles = [m["role"] for m in h.seen[-1]["messages"]]
     assert roles == ["system", "user", "assistant", "user"]     # history=2: the last 2 user turns
     assert "You are in a room." in h.seen[-1]["messages"][1]["content"]            # the first observation stays
+
+
+def test_rate_limit_spaces_requests_across_threads(monkeypatch):
+    import duomem_fast.harness.openai_client as oc
+
+    clock = {"t": 100.0}
+    slept = []
+    monkeypatch.setattr(oc.time, "monotonic", lambda: clock["t"])
+    monkeypatch.setattr(oc.time, "sleep", lambda s: slept.append(round(s, 6)))
+    client = OpenAIClient(ClientConfig("http://127.0.0.1:1/v1", model="m", rate=4.0))
+    for _ in range(3):
+        client._wait_rate()
+    assert slept == [0.0, 0.25, 0.5]       # 4 requests per second: each waits for its slot
+    clock["t"] = 200.0                     # long idle: no debt carried over
+    client._wait_rate()
+    assert slept[-1] == 0.0
