@@ -75,34 +75,41 @@ def _sample(task_type: str, split: str, rng: random.Random):
 
 def make_slot(out_root: str, split: str, k: int, task_type: str, seed: int) -> dict:
     """Generate and verify slot k of a split; returns its summary (task_type, solvable, steps, tries, plays)."""
-    out_root, plays, last = Path(out_root), 0, None
+    out_root = Path(out_root)
     scratch = out_root / DATA_DIR / ".scratch" / f"{split}_{seed}_{k:05d}"
+    try:
+        found = _search(task_type, split, k, seed, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if found is None:
+        return {"k": k, "task_type": task_type, "solvable": False, "steps": None, "tries": MAX_TRIES, "plays": 0}
+    game, traj, expert, tries, plays = found
+    game["solvable"] = bool(expert["won"])
+    traj["generated"] = {"seed": seed, "slot": k, "tries": tries, "plays": plays, "expert": expert,
+                         "generator_version": VERSION}
+    params = traj["pddl_params"]
+    target = params["parent_target"] or params["toggle_target"]
+    task_dir = f"{task_type}-{params['object_target']}-None-{target}-{traj['scene']['scene_num']}"
+    _write(out_root / DATA_DIR / split / task_dir / trial_name(seed, k), game, traj)
+    return {"k": k, "task_type": task_type, "solvable": game["solvable"], "steps": expert["steps"],
+            "tries": tries, "plays": plays}
+
+
+def _search(task_type: str, split: str, k: int, seed: int, scratch: Path):
+    """Sample until the expert wins (or MAX_TRIES samples / MAX_PLAYS plays are spent).
+    -> (game, traj, expert result, tries, plays) of the last game played, None if none could be sampled."""
+    plays, last = 0, None
     for attempt in range(MAX_TRIES):
         files = _sample(task_type, split, random.Random(f"{seed}:{split}:{k}:{attempt}"))
         if files is None:
             continue
-        game, traj = files
         shutil.rmtree(scratch, ignore_errors=True)
-        _write(scratch, game, traj)
-        expert = _expert_play(scratch, seed)
-        plays, last = plays + 1, (game, traj, expert)
-        if expert["won"]:
-            break
-        if plays >= MAX_PLAYS:
-            break
-    shutil.rmtree(scratch, ignore_errors=True)
-    if last is None:
-        return {"k": k, "task_type": task_type, "solvable": False, "steps": None, "tries": MAX_TRIES, "plays": 0}
-    game, traj, expert = last
-    game["solvable"] = bool(expert["won"])
-    traj["generated"] = {"seed": seed, "slot": k, "tries": attempt + 1, "plays": plays, "expert": expert,
-                         "generator_version": VERSION}
-    params = traj["pddl_params"]
-    task_dir = f"{task_type}-{params['object_target']}-None-{params['parent_target'] or params['toggle_target']}" \
-               f"-{traj['scene']['scene_num']}"
-    _write(out_root / DATA_DIR / split / task_dir / trial_name(seed, k), game, traj)
-    return {"k": k, "task_type": task_type, "solvable": game["solvable"], "steps": expert["steps"],
-            "tries": attempt + 1, "plays": plays}
+        _write(scratch, *files)
+        plays += 1
+        last = (*files, _expert_play(scratch, seed), attempt + 1, plays)
+        if last[2]["won"] or plays >= MAX_PLAYS:
+            return last
+    return last
 
 
 def _mark(out_root: Path, seed: int) -> None:
