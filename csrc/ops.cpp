@@ -112,4 +112,9 @@ TORCH_LIBRARY_IMPL(duomem, CUDA, m) {
 #endif
 
 // An importable module (`import duomem_fast._C`) whose import runs the registrations above.
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.doc() = "duomem-fast native ops: see torch.ops.duomem"; }
+// Also a direct binding of the CPU lora_linear: the torch.ops dispatcher costs ~3.6 us per call against ~1 us here,
+// and at decode a 576->192 projection takes ~8 us in all (duomem_fast.ops uses it outside torch.compile).
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "duomem-fast native ops: see torch.ops.duomem";
+  m.def("lora_linear_cpu", &duomem::lora_linear_cpu, "lora_linear on CPU tensors, bypassing the dispatcher");
+}

@@ -24,14 +24,14 @@ _SAID: set[tuple[str, str]] = set()
 BACKENDS = ("reference", "native", "triton")
 
 
-def _load_native() -> bool:
+def _load_native():
     try:
-        importlib.import_module("duomem_fast._C")
+        native = importlib.import_module("duomem_fast._C")
     except ImportError as e:  # no build (DUOMEM_NO_NATIVE=1, or built for another torch): readable path instead
         log.info("duomem_fast._C not loaded (%s): CPU ops use the pure-torch references", e)
-        return False
+        return None
     _register_fakes()
-    return True
+    return native
 
 
 def _register_fakes() -> None:
@@ -49,7 +49,8 @@ def _register_fakes() -> None:
         return o_a.new_empty(o_a.shape), lse_a.new_empty(lse_a.shape, dtype=torch.float32)
 
 
-HAS_NATIVE = _load_native()
+_C = _load_native()
+HAS_NATIVE = _C is not None
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
@@ -96,6 +97,8 @@ def lora_linear(x: Tensor, weight: Tensor, lora_a: Tensor | None = None, lora_b:
         scales = scale if isinstance(scale, Tensor) else None
         s = 1.0 if scales is not None else float(scale)
         try:
+            if x.device.type == "cpu" and not torch.compiler.is_compiling():
+                return _C.lora_linear_cpu(x, weight, lora_a, lora_b, s, scales, bias, adapter_ids)
             return torch.ops.duomem.lora_linear(x, weight, lora_a, lora_b, s, scales, bias, adapter_ids)
         except RuntimeError:
             checks.check_lora_linear(x, weight, lora_a, lora_b, bias, adapter_ids)
