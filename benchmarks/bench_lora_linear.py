@@ -103,8 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="default-model shapes, r=16, M in {1, 4}")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--reps", type=int, default=50)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads first (default: torch's)")
     p.add_argument("--json", default=None, help="write rows + machine info here")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     if args.quick:
         rows = run(DEFAULT_SHAPES, [1, 4], [16], dtype, args.reps)

@@ -87,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="P=2048, B in {1, 16}, S=16")
     p.add_argument("--T", type=int, default=1, help="query tokens per sequence (1 = decode)")
     p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads first (default: torch's)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         rows = run([2048], [1, 16], [16], args.T, args.reps)
     else:
