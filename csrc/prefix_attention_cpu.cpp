@@ -210,7 +210,7 @@ std::tuple<at::Tensor, at::Tensor> prefix_attention_cpu(
     const float *pk = kp.data_ptr<float>(), *pv = vp.data_ptr<float>();
     parallel_chunks(Hkv * blocks, [&](int64_t item) {
       const int64_t h = item / blocks, r0 = (item % blocks) * kRowsPerItem;
-      auto rb = std::make_unique<RowBlock>();
+      std::unique_ptr<RowBlock> rb(new RowBlock);  // default-init: load_rows fills what is read
       load_rows(*rb, geo, h, r0, std::min(kRowsPerItem, R - r0));
       std::fill_n(rb->limit, kRowsPerItem, P);
       attend_rows(*rb, pk + h * D, pv + h * D, Hkv * D, P, sc);
@@ -234,7 +234,7 @@ std::tuple<at::Tensor, at::Tensor> prefix_attention_cpu(
     const int64_t rows = T * geo.G, blocks = (rows + kRowsPerItem - 1) / kRowsPerItem;
     parallel_chunks(B * Hkv * blocks, [&](int64_t item) {
       const int64_t b = item / (Hkv * blocks), h = (item / blocks) % Hkv, r0 = (item % blocks) * kRowsPerItem;
-      auto rb = std::make_unique<RowBlock>();
+      std::unique_ptr<RowBlock> rb(new RowBlock);  // default-init: load_rows fills what is read
       load_rows(*rb, geo, h, b * rows + r0, std::min(kRowsPerItem, rows - r0));
       for (int64_t i = 0; i < rb->n; ++i) rb->limit[i] = pl[b] - T + (r0 + i) / geo.G + 1;
       const int64_t kv0 = b * S * Hkv * D + h * D;
