@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Sequence
 if TYPE_CHECKING:
     from duomem_fast.engine.engine import Engine
 
+CHOOSE_METHODS = ("greedy", "mean", "sum")
+
 
 class Conversation:
     """engine.chat(messages): the leading messages become a cached prefix; later turns render the whole message
@@ -41,15 +43,31 @@ class Conversation:
         self.messages.append({"role": "assistant", "content": text})
         return text
 
-    def choose(self, candidates: Sequence[str]) -> tuple[int, list[float]]:
-        """Score each candidate as the assistant's reply; the best one joins the history. -> (index, scores)."""
+    def choose(self, candidates: Sequence[str], method: str = "greedy") -> tuple[int, list[float]]:
+        """Pick the assistant's reply among `candidates`; it joins the history. -> (index, scores).
+
+        method: "greedy" (decoding constrained to the candidates' token trie, Session.choose), "mean" (mean
+        log-prob per token, Session.score) or "sum" (summed log-prob: favours short candidates).
+        """
+        if method not in CHOOSE_METHODS:
+            raise ValueError(f"unknown choose method {method!r}: expected one of {CHOOSE_METHODS}")
+        if not candidates:
+            raise ValueError("choose needs at least one candidate")
         self._sync(add_generation_prompt=True)
-        scores = self.session.score(candidates)
-        best = max(range(len(scores)), key=scores.__getitem__)
-        ids = self.engine.encode(candidates[best])
-        self.session.tokens.extend(ids)  # pending: computed with the next turn
-        self._text += self.engine.decode(ids)
+        if method == "greedy":
+            best, scores = self.session.choose(candidates)  # appends the winner's ids itself
+        else:
+            best, scores = self._choose_by_score(candidates, method)
+        self._text += self.engine.decode(self.engine.encode(candidates[best]))
         self.messages.append({"role": "assistant", "content": candidates[best]})
+        return best, scores
+
+    def _choose_by_score(self, candidates: Sequence[str], method: str) -> tuple[int, list[float]]:
+        scores = self.session.score(candidates)
+        if method == "mean":
+            scores = [s / len(self.engine.encode(c)) for s, c in zip(scores, candidates)]
+        best = max(range(len(scores)), key=scores.__getitem__)
+        self.session.tokens.extend(self.engine.encode(candidates[best]))  # pending: computed with the next turn
         return best, scores
 
     def _sync(self, add_generation_prompt: bool) -> int:

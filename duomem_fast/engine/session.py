@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from duomem_fast.engine.constrained import choose_greedy
 from duomem_fast.engine.kv import KVBuffer, Prefix
 from duomem_fast.engine.lookahead import greedy_lookahead
 from duomem_fast.engine.sampling import check_sampling, make_generator, sample
@@ -77,6 +78,14 @@ class Session:
         All candidates run as one batch over the shared KV (prefix, then this session's own tokens).
         """
         return self.engine._score(self, candidates)
+
+    def choose(self, candidates: Sequence[str | Sequence[int]]) -> tuple[int, list[float]]:
+        """Pick a candidate by greedy decoding constrained to the candidates' token trie. -> (index, scores).
+
+        One decode step per trie level until one candidate is left; the winner's ids join the context (the
+        determined tail pending). Scores and edge cases: engine/constrained.py.
+        """
+        return choose_greedy(self, candidates)
 
     def fork(self) -> "Session":
         """A new session with the same context: shares the prefix, copies only this session's own KV."""
