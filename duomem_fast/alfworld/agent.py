@@ -38,17 +38,26 @@ def run_episode(game: Game | AlfEnv, policy: Policy, max_steps: int = 50, config
         obs = env.reset()
         if hasattr(policy, "attach"):
             policy.attach(env)
-        policy.begin(obs.task, env.game.task_type, obs.text, obs.admissible)
-        actions, observations = [], [obs.text]
-        while not obs.done:
-            action = policy.act(obs.text, obs.admissible)
-            obs = env.step(action)
-            actions.append(action)
-            observations.append(obs.text)
-        return _record(env, policy, config, actions, observations, obs.won, time.perf_counter() - t0)
+        actions, observations, won = play_loop(obs, env.step, policy, env.game.task_type)
+        return _record(env, policy, config, actions, observations, won, time.perf_counter() - t0)
     finally:
         if env is not game:
             env.close()
+
+
+def play_loop(obs, step, policy: Policy, task_type: str) -> tuple[list[str], list[str], bool]:
+    """The agent loop proper, from the reset observation until the game is done (won, lost or out of steps).
+
+    `step(action) -> Observation` is the env's step, local or in a worker process. -> (actions, observations, won).
+    """
+    policy.begin(obs.task, task_type, obs.text, obs.admissible)
+    actions, observations = [], [obs.text]
+    while not obs.done:
+        action = policy.act(obs.text, obs.admissible)
+        obs = step(action)
+        actions.append(action)
+        observations.append(obs.text)
+    return actions, observations, obs.won
 
 
 def _record(env: AlfEnv, policy: Policy, config: str, actions, observations, won: bool, wall: float) -> dict:

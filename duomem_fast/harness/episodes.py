@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ..alfworld.agent import _record, run_episode
+from ..alfworld.agent import _record, play_loop, run_episode
 from ..alfworld.env import AlfEnv
 
 
@@ -55,14 +55,8 @@ def play_remote(host, game, policy, max_steps: int, config: str = "") -> dict:
     t0 = time.perf_counter()
     obs = host.open(game, max_steps)
     try:
-        policy.begin(obs.task, game.task_type, obs.text, obs.admissible)
-        actions, observations = [], [obs.text]
-        while not obs.done:
-            action = policy.act(obs.text, obs.admissible)
-            obs = host.step(action)
-            actions.append(action)
-            observations.append(obs.text)
+        actions, observations, won = play_loop(obs, host.step, policy, game.task_type)
     finally:
         info = host.finish()
     done = _Done(game, info["task"], info["env_seconds"])
-    return _record(done, policy, config, actions, observations, obs.won, time.perf_counter() - t0)
+    return _record(done, policy, config, actions, observations, won, time.perf_counter() - t0)
