@@ -80,7 +80,8 @@ def _check_config(path: Path, config: dict, base_name: str | None) -> None:
         raise ValueError(f"adapter {str(path)!r}: trained biases / modules_to_save are not supported")
     targets = config.get("target_modules") or []
     if isinstance(targets, list):
-        unknown = [t for t in targets if t.removesuffix("_proj") not in TARGETS]
+        # peft saves "all-linear" as full module paths (model.layers.0.self_attn.q_proj): judge the last part
+        unknown = [t for t in targets if t.rsplit(".", 1)[-1].removesuffix("_proj") not in TARGETS]
         if unknown:
             raise ValueError(f"adapter {str(path)!r}: unknown target module(s) {unknown}; "
                              f"supported are {[t + '_proj' for t in TARGETS]}")

@@ -72,6 +72,19 @@ def test_unknown_target_module(tiny_dirs, adapter, tmp_path):
         Engine.from_pretrained(tiny_dirs["llama"], adapter=bad)
 
 
+def test_full_module_path_targets_accepted(tiny_dirs, adapter, tmp_path):
+    """peft saves target_modules="all-linear" as full module paths; those name known targets."""
+    full = _copy(adapter, tmp_path / "full")
+    cfg = json.loads((full / "adapter_config.json").read_text())
+    cfg["target_modules"] = ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"]
+    (full / "adapter_config.json").write_text(json.dumps(cfg))
+    Engine.from_pretrained(tiny_dirs["llama"], adapter=full)
+    cfg["target_modules"] = ["model.layers.0.self_attn.q_proj", "model.embed_tokens"]
+    (full / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"unknown target module\(s\) \['model.embed_tokens'\]"):
+        Engine.from_pretrained(tiny_dirs["llama"], adapter=full)
+
+
 def test_unknown_target_tensor(tiny_dirs, adapter, tmp_path):
     from safetensors.torch import load_file, save_file
 
