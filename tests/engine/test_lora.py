@@ -20,6 +20,14 @@ def _copy(src, dst):
     return dst
 
 
+def _with_config(adapter, dst, **changes):
+    """A copy of `adapter` whose adapter_config.json has `changes` applied."""
+    out = _copy(adapter, dst)
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    (out / "adapter_config.json").write_text(json.dumps({**cfg, **changes}))
+    return out
+
+
 def _peft_logits(model_dir, adapter, ids):
     from peft import PeftModel
 
@@ -64,25 +72,19 @@ def test_shape_that_does_not_fit(tiny_dirs, tmp_path):
 
 
 def test_unknown_target_module(tiny_dirs, adapter, tmp_path):
-    bad = _copy(adapter, tmp_path / "bad")
-    cfg = json.loads((bad / "adapter_config.json").read_text())
-    cfg["target_modules"] = ["q_proj", "embed_tokens"]
-    (bad / "adapter_config.json").write_text(json.dumps(cfg))
+    bad = _with_config(adapter, tmp_path / "bad", target_modules=["q_proj", "embed_tokens"])
     with pytest.raises(ValueError, match=r"unknown target module\(s\) \['embed_tokens'\]"):
         Engine.from_pretrained(tiny_dirs["llama"], adapter=bad)
 
 
 def test_full_module_path_targets_accepted(tiny_dirs, adapter, tmp_path):
     """peft saves target_modules="all-linear" as full module paths; those name known targets."""
-    full = _copy(adapter, tmp_path / "full")
-    cfg = json.loads((full / "adapter_config.json").read_text())
-    cfg["target_modules"] = ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"]
-    (full / "adapter_config.json").write_text(json.dumps(cfg))
+    full = _with_config(adapter, tmp_path / "full",
+                        target_modules=["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"])
     Engine.from_pretrained(tiny_dirs["llama"], adapter=full)
-    cfg["target_modules"] = ["model.layers.0.self_attn.q_proj", "model.embed_tokens"]
-    (full / "adapter_config.json").write_text(json.dumps(cfg))
+    bad = _with_config(adapter, tmp_path / "bad", target_modules=["model.layers.0.self_attn.q_proj", "model.embed_tokens"])
     with pytest.raises(ValueError, match=r"unknown target module\(s\) \['model.embed_tokens'\]"):
-        Engine.from_pretrained(tiny_dirs["llama"], adapter=full)
+        Engine.from_pretrained(tiny_dirs["llama"], adapter=bad)
 
 
 def test_unknown_target_tensor(tiny_dirs, adapter, tmp_path):
@@ -97,18 +99,12 @@ def test_unknown_target_tensor(tiny_dirs, adapter, tmp_path):
 
 
 def test_different_base_model(tiny_dirs, adapter, tmp_path):
-    bad = _copy(adapter, tmp_path / "bad")
-    cfg = json.loads((bad / "adapter_config.json").read_text())
-    cfg["base_model_name_or_path"] = "Qwen/Qwen2.5-0.5B-Instruct"
-    (bad / "adapter_config.json").write_text(json.dumps(cfg))
+    bad = _with_config(adapter, tmp_path / "bad", base_model_name_or_path="Qwen/Qwen2.5-0.5B-Instruct")
     with pytest.raises(ValueError, match="trained on base model 'Qwen/Qwen2.5-0.5B-Instruct'"):
         Engine.from_pretrained(tiny_dirs["llama"], adapter=bad)
 
 
 def test_unsupported_options(tiny_dirs, adapter, tmp_path):
-    bad = _copy(adapter, tmp_path / "bad")
-    cfg = json.loads((bad / "adapter_config.json").read_text())
-    cfg["use_dora"] = True
-    (bad / "adapter_config.json").write_text(json.dumps(cfg))
+    bad = _with_config(adapter, tmp_path / "bad", use_dora=True)
     with pytest.raises(ValueError, match="use_dora=True is not supported"):
         Engine.from_pretrained(tiny_dirs["llama"], adapter=bad)
