@@ -1,14 +1,14 @@
 // Fused LoRA linear on CPU: y = x Wᵀ + s·(x Aᵀ) Bᵀ (+ bias), fp32 accumulation.
 //
-// Decode is GEMV-bound: every call streams W (N, K) from DRAM once, so the kernel is built around that stream.
-//  - Rows of W are taken 4 at a time and each 4-row block meets every row of x while it is hot: x is at most a few
-//    KiB (K=1536 fp32 = 6 KiB per row) and stays in L1, the 4 W rows (24 KiB at K=1536) stay in L1/L2 across the
-//    M-loop, so DRAM sees W once whatever M is (stock GEMV re-reads W per row: ~3.5x for M=4).
-//  - The shrink t = x Aᵀ runs through the same row-dot kernel as W (A's r rows are just more rows) just before the W
-//    pass; the expand s·t Bᵀ and the bias are applied in the epilogue of each W block while its outputs are in L1,
-//    so the delta never makes its own pass over y.
+// Decode is GEMV-bound: every call streams W (N, K) from memory once, so the kernel is built around that stream.
+//  - Rows of W are taken 8 at a time and each block meets every row of x while it is hot, in 4x4 register blocks
+//    (4 W rows x 4 x rows = 16 accumulators: each W vector loaded feeds 4 FMAs), so memory sees W once whatever M is
+//    (stock GEMV re-reads W per row: ~3.5x for M=4). Long K is split so x's slice stays in L1 (k_chunk).
+//  - The shrink t = s·x Aᵀ runs through the same kernel as W (A's r rows are just more rows) before the W pass; the
+//    expand is r more steps of the W block's own dot products ([W | B] · [x | s·t]), so it needs no separate
+//    reduction, and the bias joins at the store: the delta never makes its own pass over y.
 //  - Threads split W's rows in chunks through parallel.h (no OpenMP barrier: robust on a loaded 2-core machine).
-//  - Weights fp32, bf16 (AVX-512: widened by a 16-bit shift, exact) or fp16 (F16C), converted in registers.
+//  - Weights fp32, bf16 or fp16, widened exactly in registers; bf16 weights with bf16 x use AVX512-BF16 vdpbf16ps.
 //  - Multi-adapter: stacked A (n, r, K) / B (n, N, r), per-row adapter id, -1 = base only.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 
@@ -28,77 +29,122 @@ namespace {
 
 using namespace vec;
 
-struct LoraArgs {
-  const float* x;        // (M, K) fp32 contiguous
-  int64_t M, K, N, r, n_adapters;
-  const float* bias;     // (N,) or null
-  const int64_t* ids;    // (M,) or null (single adapter: every row uses adapter 0)
-  const float* scales;   // (n_adapters,)
-  float* t;              // (M, r) shrink result
-  float* y;              // (M, N) fp32 out
+// One GEMV-like pass: out[m, n] = w_n · x_m (+ B[id_m, n] · st_m) (+ bias[n]) for rows n of w, every row m of x.
+// The W pass and the shrink (w = A, out = t) are both this.
+struct Gemv {
+  const float* x;            // (M, K) fp32 contiguous
+  const c10::BFloat16* xb;   // the same x in bf16 when it arrived in bf16 (exact), else null
+  int64_t M, K;
+  float* out;                // (M, ldo)
+  int64_t ldo;
+  const float* bias;         // (N,) or null
+  const int64_t* ids;        // (M,) or null (every row uses adapter 0)
+  const float* st;           // (M, r): s_id · x Aᵀ, the expand's input; null = no LoRA extension
+  int64_t r, N;              // rank, rows of B per adapter
 };
 
-// Shrink: t[m, j] = x[m] · A[id_m, j], through the same row-dot kernel as W (A's rows are just more rows). Run by
-// the caller before the W pass: r x K is small (64 x 1536 fp32 = 384 KiB, ~3 us), and the expand needs all of t.
-template <typename LT>
-void shrink(const LoraArgs& a, const LT* A) {
-  for (int64_t ad = 0; ad < a.n_adapters; ++ad) {
-    const LT* Aad = A + ad * a.r * a.K;
-    for (int64_t m = 0; m < a.M; ++m) {
-      if (a.ids && a.ids[m] != ad) continue;
-      int64_t j = 0;  // 4 rank rows per register block: t[m, j..j+3]
-      for (; j + kRowBlock <= a.r; j += kRowBlock)
-        dot_rows<kRowBlock>(Aad + j * a.K, a.K, a.x + m * a.K, a.K, a.K, 1, a.t + m * a.r + j, a.r);
-      for (; j < a.r; ++j) dot_rows<1>(Aad + j * a.K, a.K, a.x + m * a.K, a.K, a.K, 1, a.t + m * a.r + j, a.r);
+// out rows [m0, m0+MB), columns [n0, n0+NB), over K range [k0, k1); the LoRA extension and bias join on the last range.
+template <int NB, int MB, typename WT, typename LT>
+inline void block(const Gemv& g, const WT* w, int64_t ldw, const LT* B, int64_t n0, int64_t m0, int64_t k0,
+                  int64_t k1) {
+  const bool last = k1 == g.K;
+  const LT* b[MB];
+  for (int j = 0; j < MB; ++j) {
+    const int64_t ad = g.ids ? g.ids[m0 + j] : 0;
+    b[j] = last && B && ad >= 0 ? B + (ad * g.N + n0) * g.r : nullptr;
+  }
+  const float* bias = last && g.bias ? g.bias + n0 : nullptr;
+  float* out = g.out + m0 * g.ldo + n0;
+  const float* st = g.st ? g.st + m0 * g.r : nullptr;
+#ifdef __AVX512BF16__
+  if constexpr (std::is_same_v<WT, c10::BFloat16>) {
+    if (g.xb) {
+      return lora_dot_bf16<NB, MB>(w + n0 * ldw + k0, ldw, g.xb + m0 * g.K + k0, g.K, k1 - k0, b, g.r, st, g.r, bias,
+                                   out, g.ldo, k0 > 0);
     }
+  }
+#endif
+  lora_dot<NB, MB>(w + n0 * ldw + k0, ldw, g.x + m0 * g.K + k0, g.K, k1 - k0, b, g.r, st, g.r, bias, out, g.ldo,
+                   k0 > 0);
+}
+
+// NB rows of w against every row of x: 4 x rows per block (4x4 = 16 accumulators, each w vector feeds 4 FMAs), then
+// the 1-3 row remainder with all NB rows at once (8x3 = 24 accumulators). The NB rows' K range (8 x 2 KiB at most,
+// see k_chunk) stays in L1 across the x blocks, so W is read from memory once whatever M is.
+template <int NB, typename WT, typename LT>
+inline void row_block(const Gemv& g, const WT* w, int64_t ldw, const LT* B, int64_t n0, int64_t k0, int64_t k1) {
+  int64_t m0 = 0;
+  for (; m0 + 4 <= g.M; m0 += 4) {
+    if constexpr (NB % 4 == 0) {
+      for (int i = 0; i < NB; i += 4) block<4, 4>(g, w, ldw, B, n0 + i, m0, k0, k1);
+    } else {
+      block<NB, 4>(g, w, ldw, B, n0, m0, k0, k1);
+    }
+  }
+  switch (g.M - m0) {
+    case 3: block<NB, 3>(g, w, ldw, B, n0, m0, k0, k1); break;
+    case 2: block<NB, 2>(g, w, ldw, B, n0, m0, k0, k1); break;
+    case 1: block<NB, 1>(g, w, ldw, B, n0, m0, k0, k1); break;
+    default: break;
   }
 }
 
-// Epilogue for W rows [n0, n0+nb): y[m, n] += bias[n] + s_id · t[m] · B[id_m, n]; the 4 B rows of a block are
-// dotted with t[m] by the same register-blocked kernel (vectorised over r).
-template <typename LT>
-inline void epilogue(const LoraArgs& a, const LT* B, int64_t n0, int64_t nb) {
-  float d[kRowBlock];
-  for (int64_t m = 0; m < a.M; ++m) {
-    float* yrow = a.y + m * a.N + n0;
-    const int64_t ad = a.ids ? a.ids[m] : 0;
-    const bool lora = B && ad >= 0 && a.r > 0;
-    if (lora) {
-      const LT* bblk = B + (ad * a.N + n0) * a.r;
-      if (nb == kRowBlock) {
-        dot_rows<kRowBlock>(bblk, a.r, a.t + m * a.r, a.r, a.r, 1, d, kRowBlock);
-      } else {
-        for (int64_t i = 0; i < nb; ++i) dot_rows<1>(bblk + i * a.r, a.r, a.t + m * a.r, a.r, a.r, 1, d + i, 1);
-      }
-      for (int64_t i = 0; i < nb; ++i) yrow[i] += a.scales[ad] * d[i];
-    }
-    if (a.bias)
-      for (int64_t i = 0; i < nb; ++i) yrow[i] += a.bias[n0 + i];
+// K range per pass: x's rows for one range must stay in L1 (32 KiB) while 8 W rows stream past. 1536->576 at M=4
+// reads 24 KiB of x per W block unsplit and ran at 2.6 FMA/ns against 3.0 for 576->576; ranges of x <= 8 KiB fix it.
+inline int64_t k_chunk(int64_t M, int64_t K) {
+  const int64_t x_bytes = std::min<int64_t>(M, 8) * K * 4;
+  if (x_bytes <= 12 * 1024) return K;
+  const int64_t parts = (x_bytes + 8 * 1024 - 1) / (8 * 1024);
+  return ((K + parts - 1) / parts + 31) / 32 * 32;  // multiple of 32: bf16 pairs and whole vectors
+}
+
+// Rows [r0, r1) of w: 8-row blocks, then 4, then singles.
+template <typename WT, typename LT>
+void rows(const Gemv& g, const WT* w, int64_t ldw, const LT* B, int64_t r0, int64_t r1) {
+  const int64_t kc = k_chunk(g.M, g.K);
+  for (int64_t k0 = 0; k0 < g.K; k0 += kc) {
+    const int64_t k1 = std::min(g.K, k0 + kc);
+    int64_t n0 = r0;
+    for (; n0 + 8 <= r1; n0 += 8) row_block<8>(g, w, ldw, B, n0, k0, k1);
+    for (; n0 + 4 <= r1; n0 += 4) row_block<4>(g, w, ldw, B, n0, k0, k1);
+    for (; n0 < r1; ++n0) row_block<1>(g, w, ldw, B, n0, k0, k1);
   }
 }
 
-// Rows of W per chunk of work: 32 rows = 8 blocks; 576 rows -> 18 chunks, enough for 2 threads to balance.
+// Shrink: t[m] = s_id · x[m] Aᵀ[id_m], before the W pass (the expand needs all of t; r x K is small, 16 x 1536 fp32 =
+// 96 KiB). One adapter: all rows in one pass; several: row by row.
+template <typename LT>
+void shrink(const Gemv& g, const LT* A, const float* scales, float* t) {
+  Gemv s = g;
+  s.out = t, s.ldo = g.r, s.bias = nullptr, s.ids = nullptr, s.st = nullptr;
+  if (!g.ids) {
+    rows<LT, float>(s, A, g.K, nullptr, 0, g.r);
+  } else {
+    s.M = 1;
+    for (int64_t m = 0; m < g.M; ++m) {
+      if (g.ids[m] < 0) continue;
+      s.x = g.x + m * g.K, s.xb = g.xb ? g.xb + m * g.K : nullptr, s.out = t + m * g.r;
+      rows<LT, float>(s, A + g.ids[m] * g.r * g.K, g.K, nullptr, 0, g.r);
+    }
+  }
+  for (int64_t m = 0; m < g.M; ++m) {
+    const int64_t ad = g.ids ? g.ids[m] : 0;
+    for (int64_t j = 0; j < g.r; ++j) t[m * g.r + j] *= ad >= 0 ? scales[ad] : 0.f;
+  }
+}
+
+// Rows of W per chunk of work: 32 rows = 4 blocks; 576 rows -> 18 chunks, enough for 2 threads to balance.
 constexpr int64_t kChunkRows = 32;
 
 template <typename WT, typename LT>
-void lora_linear_impl(const LoraArgs& a, const WT* W, int64_t ldw, const LT* A, const LT* B) {
-  if (A) shrink(a, A);
-  const int64_t chunks = (a.N + kChunkRows - 1) / kChunkRows;
-  auto chunk = [&](int64_t c) {
-    const int64_t end = std::min(a.N, (c + 1) * kChunkRows);
-    for (int64_t n0 = c * kChunkRows; n0 < end; n0 += kRowBlock) {
-      const int64_t nb = std::min<int64_t>(kRowBlock, end - n0);
-      if (nb == kRowBlock) {  // dots land straight in y (row stride N): no scratch, one store per output
-        dot_rows<kRowBlock>(W + n0 * ldw, ldw, a.x, a.K, a.K, a.M, a.y + n0, a.N);
-      } else {
-        for (int64_t i = 0; i < nb; ++i) dot_rows<1>(W + (n0 + i) * ldw, ldw, a.x, a.K, a.K, a.M, a.y + n0 + i, a.N);
-      }
-      epilogue(a, B, n0, nb);
-    }
-  };
+void lora_linear_impl(const Gemv& g, const WT* W, int64_t ldw, const LT* A, const LT* B, const float* scales,
+                      float* t) {
+  if (A) shrink(g, A, scales, t);
+  const int64_t chunks = (g.N + kChunkRows - 1) / kChunkRows;
+  auto chunk = [&](int64_t c) { rows(g, W, ldw, A ? B : nullptr, c * kChunkRows, std::min(g.N, (c + 1) * kChunkRows)); };
   // Below ~256K MACs (576->192 at M=1 is 110K: 8.4 us alone, 9.5 us with a helper) handing out chunks costs more
   // than a second core returns.
-  if (a.M * a.N * a.K < (int64_t(1) << 18)) {
+  if (g.M * g.N * g.K < (int64_t(1) << 18)) {
     for (int64_t c = 0; c < chunks; ++c) chunk(c);
   } else {
     parallel_chunks(chunks, chunk);
@@ -106,13 +152,14 @@ void lora_linear_impl(const LoraArgs& a, const WT* W, int64_t ldw, const LT* A, 
 }
 
 template <typename WT>
-void dispatch_lora(const LoraArgs& a, const WT* W, int64_t ldw, const at::Tensor& A, const at::Tensor& B) {
-  if (!A.defined()) return lora_linear_impl<WT, float>(a, W, ldw, nullptr, nullptr);
+void dispatch_lora(const Gemv& g, const WT* W, int64_t ldw, const at::Tensor& A, const at::Tensor& B,
+                   const float* scales, float* t) {
+  if (!A.defined()) return lora_linear_impl<WT, float>(g, W, ldw, nullptr, nullptr, scales, t);
   switch (A.scalar_type()) {
-    case at::kFloat: return lora_linear_impl(a, W, ldw, A.data_ptr<float>(), B.data_ptr<float>());
+    case at::kFloat: return lora_linear_impl(g, W, ldw, A.data_ptr<float>(), B.data_ptr<float>(), scales, t);
     case at::kBFloat16:
-      return lora_linear_impl(a, W, ldw, A.data_ptr<c10::BFloat16>(), B.data_ptr<c10::BFloat16>());
-    case at::kHalf: return lora_linear_impl(a, W, ldw, A.data_ptr<c10::Half>(), B.data_ptr<c10::Half>());
+      return lora_linear_impl(g, W, ldw, A.data_ptr<c10::BFloat16>(), B.data_ptr<c10::BFloat16>(), scales, t);
+    case at::kHalf: return lora_linear_impl(g, W, ldw, A.data_ptr<c10::Half>(), B.data_ptr<c10::Half>(), scales, t);
     default: TORCH_CHECK(false, "lora_a dtype ", A.scalar_type(), " not supported (float32, bfloat16, float16)");
   }
 }
@@ -159,13 +206,17 @@ at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end() - 1);
   out_shape.push_back(N);
   at::Tensor y = at::empty(out_shape, xf.options());
-  LoraArgs a{xf.data_ptr<float>(), M, K, N, 0, 1, nullptr, nullptr, nullptr, nullptr, y.data_ptr<float>()};
+  // bf16 x is kept as is (exact) for the bf16-weight dot-product path
+  at::Tensor xb = x.scalar_type() == at::kBFloat16 ? x.reshape({-1, K}).contiguous() : at::Tensor();
+  Gemv g{xf.data_ptr<float>(), xb.defined() ? xb.data_ptr<c10::BFloat16>() : nullptr, M, K, y.data_ptr<float>(), N,
+         nullptr, nullptr, nullptr, 0, N};
+  int64_t n_adapters = 1;
   at::Tensor bf, A, B, ids, scales;
   std::vector<float> scale_buf, t_buf;
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->numel() == N, "bias must have N=", N, " elements, got ", bias->numel());
     bf = bias->to(at::kFloat).contiguous();
-    a.bias = bf.data_ptr<float>();
+    g.bias = bf.data_ptr<float>();
   }
   const bool multi = adapter_ids.has_value() && adapter_ids->defined();
   if (lora_a.has_value() && lora_a->defined()) {
@@ -175,38 +226,38 @@ at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
     TORCH_CHECK(floating_ok(A.scalar_type()), "lora_a must be fp32/bf16/fp16");
     TORCH_CHECK(A.dim() == (multi ? 3 : 2) && B.dim() == A.dim(), "lora_a/lora_b must be ", multi ? "3-D" : "2-D",
                 " (stacked per adapter iff adapter_ids is given), got ", A.sizes(), " and ", B.sizes());
-    a.n_adapters = multi ? A.size(0) : 1;
-    a.r = A.size(-2);
-    TORCH_CHECK(A.size(-1) == K && B.size(-2) == N && B.size(-1) == a.r && (!multi || B.size(0) == a.n_adapters),
+    n_adapters = multi ? A.size(0) : 1;
+    g.r = A.size(-2);
+    TORCH_CHECK(A.size(-1) == K && B.size(-2) == N && B.size(-1) == g.r && (!multi || B.size(0) == n_adapters),
                 "lora shapes: lora_a ", A.sizes(), ", lora_b ", B.sizes(), " do not fit K=", K, " N=", N);
     if (scales_opt.has_value() && scales_opt->defined()) {
-      TORCH_CHECK(scales_opt->numel() == a.n_adapters || scales_opt->numel() == 1,
-                  "scales must have one value per adapter (", a.n_adapters, "), got ", scales_opt->numel());
-      scales = scales_opt->to(at::kFloat).reshape({-1}).expand({a.n_adapters}).contiguous();
-      scale_buf.assign(scales.data_ptr<float>(), scales.data_ptr<float>() + a.n_adapters);
+      TORCH_CHECK(scales_opt->numel() == n_adapters || scales_opt->numel() == 1,
+                  "scales must have one value per adapter (", n_adapters, "), got ", scales_opt->numel());
+      scales = scales_opt->to(at::kFloat).reshape({-1}).expand({n_adapters}).contiguous();
+      scale_buf.assign(scales.data_ptr<float>(), scales.data_ptr<float>() + n_adapters);
     } else {
-      scale_buf.assign(a.n_adapters, static_cast<float>(scale));
+      scale_buf.assign(n_adapters, static_cast<float>(scale));
     }
-    a.scales = scale_buf.data();
-    t_buf.assign(M * std::max<int64_t>(a.r, 1), 0.f);
-    a.t = t_buf.data();
+    t_buf.assign(M * std::max<int64_t>(g.r, 1), 0.f);
+    g.st = t_buf.data();
     if (multi) {
       ids = adapter_ids->to(at::kLong).reshape({-1}).contiguous();
       TORCH_CHECK(ids.numel() == M, "adapter_ids must have one id per row of x (", M, "), got ", ids.numel());
-      a.ids = ids.data_ptr<int64_t>();
+      g.ids = ids.data_ptr<int64_t>();
       for (int64_t m = 0; m < M; ++m)
-        TORCH_CHECK(a.ids[m] >= -1 && a.ids[m] < a.n_adapters, "adapter_ids[", m, "]=", a.ids[m],
-                    " must lie in [-1, ", a.n_adapters, ")");
+        TORCH_CHECK(g.ids[m] >= -1 && g.ids[m] < n_adapters, "adapter_ids[", m, "]=", g.ids[m],
+                    " must lie in [-1, ", n_adapters, ")");
     }
   }
   if (M > kGemvMaxRows) {
     scales = at::tensor(scale_buf.empty() ? std::vector<float>{1.f} : scale_buf);
     y.view({M, N}).copy_(gemm_path(xf, w, A, B, scales, bf, ids, multi));
   } else if (M > 0 && N > 0) {
+    const float* sc = scale_buf.data();
     switch (w.scalar_type()) {
-      case at::kFloat: dispatch_lora(a, w.data_ptr<float>(), w.stride(0), A, B); break;
-      case at::kBFloat16: dispatch_lora(a, w.data_ptr<c10::BFloat16>(), w.stride(0), A, B); break;
-      default: dispatch_lora(a, w.data_ptr<c10::Half>(), w.stride(0), A, B); break;
+      case at::kFloat: dispatch_lora(g, w.data_ptr<float>(), w.stride(0), A, B, sc, t_buf.data()); break;
+      case at::kBFloat16: dispatch_lora(g, w.data_ptr<c10::BFloat16>(), w.stride(0), A, B, sc, t_buf.data()); break;
+      default: dispatch_lora(g, w.data_ptr<c10::Half>(), w.stride(0), A, B, sc, t_buf.data()); break;
     }
   }
   return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());

@@ -1,0 +1,71 @@
+"""The C++ lora_linear's register-blocked GEMV path (M <= 8) at its edges, against lora_linear_ref.
+
+The kernel takes 8 W rows at a time (then 4, then singles), x rows 4 at a time (then a 3/2/1 remainder), splits
+long K so x's slice stays in L1, and runs bf16 weights with bf16 x on vdpbf16ps: each of these has its own code.
+"""
+import pytest
+import torch
+
+from conftest import assert_close
+from duomem_fast import ops
+from duomem_fast.kernels.reference import lora_linear_ref
+
+pytestmark = pytest.mark.skipif(not ops.HAS_NATIVE, reason="duomem_fast._C not built")
+
+
+def make(M, K, N, r, dtype, n_adapters=None, wdtype=None):
+    lead = (n_adapters,) if n_adapters else ()
+    x = torch.randn(M, K).to(dtype)
+    w = (torch.randn(N, K) / K ** 0.5).to(wdtype or dtype)
+    a = (torch.randn(*lead, r, K) / K ** 0.5).to(dtype)
+    b = (torch.randn(*lead, N, r) / r ** 0.5).to(dtype)
+    return x, w, a, b, torch.randn(N).to(dtype)
+
+
+@pytest.fixture(autouse=True)
+def _native(use_backend):
+    use_backend("native")
+
+
+# N = 8 * 4 + 4 + 1 (every row-block size); N = 3 (singles only); M 2..8 (4-row x blocks and every remainder)
+@pytest.mark.parametrize("M", [2, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("N", [37, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_and_column_blocks(M, N, dtype):
+    x, w, a, b, bias = make(M, 111, N, 16, dtype)
+    assert_close(ops.lora_linear(x, w, a, b, 0.5, bias), lora_linear_ref(x, w, a, b, 0.5, bias), dtype)
+
+
+# M * K * 4 bytes > 12 KiB: K is processed in slices (partial sums added into y, LoRA and bias on the last slice)
+@pytest.mark.parametrize("M", [1, 4, 8])
+@pytest.mark.parametrize("K", [1111, 4099])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_k_split(M, K, dtype):
+    x, w, a, b, bias = make(M, K, 45, 8, dtype)
+    assert_close(ops.lora_linear(x, w, a, b, 1.5, bias), lora_linear_ref(x, w, a, b, 1.5, bias), dtype)
+
+
+@pytest.mark.parametrize("r", [1, 17, 64])
+def test_rank_tails(r):
+    """The expand runs as r extra steps of the W block's dot products: r not a multiple of 16 uses a masked step."""
+    x, w, a, b, bias = make(4, 111, 37, r, torch.float32)
+    assert_close(ops.lora_linear(x, w, a, b, 2.0, bias), lora_linear_ref(x, w, a, b, 2.0, bias), torch.float32)
+
+
+@pytest.mark.parametrize("ids", [[1, 1, 1, 1, 1, 1, 1, 1], [0, 1, 0, 1, -1, -1, -1, -1], [-1, 2, 2, 2, 2, 0]])
+def test_multi_adapter_blocks(ids):
+    """One adapter for a whole 4-row block (B loaded once), mixed ids in a block, and all-base blocks."""
+    ids = torch.tensor(ids)
+    x, w, a, b, bias = make(len(ids), 111, 37, 8, torch.float32, n_adapters=3)
+    scales = torch.tensor([0.5, 2.0, 1.0])
+    ours = ops.lora_linear(x, w, a, b, scales, bias, adapter_ids=ids)
+    assert_close(ours, lora_linear_ref(x, w, a, b, scales, bias, ids), torch.float32)
+
+
+@pytest.mark.parametrize("M", [1, 4, 7])
+def test_bf16_weight_paths(M):
+    """bf16 W with fp32 x (widened W, fp32 FMAs, fp32 tolerance) and with bf16 x (vdpbf16ps on exact bf16 inputs)."""
+    x, w, a, b, bias = make(M, 333, 37, 16, torch.float32, wdtype=torch.bfloat16)
+    assert_close(ops.lora_linear(x, w, a, b, 1.0, bias), lora_linear_ref(x, w, a, b, 1.0, bias), torch.float32)
+    xb = x.bfloat16()
+    assert_close(ops.lora_linear(xb, w, a, b, 1.0), lora_linear_ref(xb, w, a, b, 1.0), torch.bfloat16)
