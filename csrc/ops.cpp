@@ -1,9 +1,11 @@
-// The one binding file: registers duomem::lora_linear, duomem::prefix_attention, duomem::merge_attention with
-// TORCH_LIBRARY, so they are torch.ops.duomem.<op>. CPU kernels live in *_cpu.cpp; CUDA kernels (csrc/*.cu) join
+// The one binding file: registers duomem::lora_linear, duomem::prefix_attention, duomem::merge_attention,
+// duomem::decode_attention and duomem::decode_step with TORCH_LIBRARY, so they are torch.ops.duomem.<op>. CPU kernels live in *_cpu.cpp; CUDA kernels (csrc/*.cu) join
 // under WITH_CUDA. Fake (meta) implementations are registered in Python (duomem_fast/ops.py, register_fake) so
 // torch.compile can trace through the ops.
 #include <torch/extension.h>
 #include <torch/library.h>
+
+#include "decode_cpu.h"
 
 namespace duomem {
 at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& lora_a,
@@ -94,12 +96,18 @@ TORCH_LIBRARY(duomem, m) {
   m.def("prefix_attention(Tensor q, Tensor? k_prefix, Tensor? v_prefix, Tensor? k_suffix, Tensor? v_suffix, "
         "Tensor? suffix_lens, float scale) -> (Tensor, Tensor)");
   m.def("merge_attention(Tensor o_a, Tensor lse_a, Tensor o_b, Tensor lse_b) -> (Tensor, Tensor)");
+  m.def("decode_attention(Tensor q, Tensor? k_prefix, Tensor? v_prefix, Tensor k_own, Tensor v_own, int[] own_lens, "
+        "float scale) -> Tensor");
+  m.def("decode_step(Tensor x, Tensor[] weights, Tensor?[] extras, Tensor cos, Tensor sin, Tensor? k_prefix, "
+        "Tensor? v_prefix, Tensor(a!) own_k, Tensor(b!) own_v, int[] own_start, float eps) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(duomem, CPU, m) {
   m.impl("lora_linear", &duomem::lora_linear_cpu);
   m.impl("prefix_attention", &duomem::prefix_attention_cpu);
   m.impl("merge_attention", &duomem::merge_attention_cpu);
+  m.impl("decode_attention", &duomem::decode_attention_cpu);
+  m.impl("decode_step", &duomem::decode_step_cpu);
 }
 
 #ifdef WITH_CUDA
@@ -114,7 +122,22 @@ TORCH_LIBRARY_IMPL(duomem, CUDA, m) {
 // An importable module (`import duomem_fast._C`) whose import runs the registrations above.
 // Also a direct binding of the CPU lora_linear: the torch.ops dispatcher costs ~3.6 us per call against ~1 us here,
 // and at decode a 576->192 projection takes ~8 us in all (duomem_fast.ops uses it outside torch.compile).
+namespace duomem {
+// decode_step without the dispatcher: one call per token, but ~600 list entries to box otherwise.
+at::Tensor decode_step_py(const at::Tensor& x, const std::vector<at::Tensor>& weights,
+                          const std::vector<c10::optional<at::Tensor>>& extras, const at::Tensor& cos,
+                          const at::Tensor& sin, const c10::optional<at::Tensor>& k_prefix,
+                          const c10::optional<at::Tensor>& v_prefix, const at::Tensor& own_k, const at::Tensor& own_v,
+                          const std::vector<int64_t>& own_start, double eps) {
+  c10::List<c10::optional<at::Tensor>> ex;
+  ex.reserve(extras.size());
+  for (const auto& t : extras) ex.push_back(t);
+  return decode_step_cpu(x, weights, ex, cos, sin, k_prefix, v_prefix, own_k, own_v, own_start, eps);
+}
+}  // namespace duomem
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "duomem-fast native ops: see torch.ops.duomem";
   m.def("lora_linear_cpu", &duomem::lora_linear_cpu, "lora_linear on CPU tensors, bypassing the dispatcher");
+  m.def("decode_step_cpu", &duomem::decode_step_py, "decode_step on CPU tensors, bypassing the dispatcher");
 }

@@ -48,6 +48,17 @@ def _register_fakes() -> None:
     def _(o_a, lse_a, o_b, lse_b):
         return o_a.new_empty(o_a.shape), lse_a.new_empty(lse_a.shape, dtype=torch.float32)
 
+    if not hasattr(torch.ops.duomem, "decode_step"):  # a build from before the decode ops
+        return
+
+    @torch.library.register_fake("duomem::decode_attention")
+    def _(q, k_prefix, v_prefix, k_own, v_own, own_lens, scale):
+        return q.new_empty(q.shape)
+
+    @torch.library.register_fake("duomem::decode_step")
+    def _(x, weights, extras, cos, sin, k_prefix, v_prefix, own_k, own_v, own_start, eps):
+        return x.new_empty(x.shape)
+
 
 _C = _load_native()
 HAS_NATIVE = _C is not None
@@ -142,3 +153,43 @@ def merge_attention(o_a: Tensor, lse_a: Tensor, o_b: Tensor, lse_b: Tensor) -> t
         from duomem_fast.kernels.prefix_attention import merge_attention as tl_merge_attention
         return tl_merge_attention(o_a, lse_a, o_b, lse_b)
     return ref.merge_attention_ref(o_a, lse_a, o_b, lse_b)
+
+
+def has_decode_step(device_type: str = "cpu") -> bool:
+    """Whether `decode_step` runs here: the native CPU build with the decode ops, native backend in use."""
+    return device_type == "cpu" and backend("cpu") == "native" and hasattr(_C, "decode_step_cpu")
+
+
+def decode_attention(q: Tensor, k_prefix: Tensor | None, v_prefix: Tensor | None, k_own: Tensor, v_own: Tensor,
+                     own_lens: list[int], scale: float | None = None) -> Tensor:
+    """Attention of one new token per sequence over a shared prefix plus its own KV (native CPU, fp32).
+
+    q: (B, Hq, D); k/v_prefix: (P, Hkv, D) or None; k/v_own: (B, S, Hkv, D), row b sees own rows [0, own_lens[b]).
+    Returns (B, Hq, D). Same as `prefix_attention` with T=1 and suffix_lens=own_lens (the reference).
+    """
+    if not has_decode_step(q.device.type):
+        raise ValueError("decode_attention needs the native CPU build (duomem_fast._C with the decode ops)")
+    _say("decode_attention", "native")
+    s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return torch.ops.duomem.decode_attention(q, k_prefix, v_prefix, k_own, v_own, list(own_lens), s)
+
+
+def decode_step(x: Tensor, weights: list[Tensor], extras: list[Tensor | None], cos: Tensor, sin: Tensor,
+                k_prefix: Tensor | None, v_prefix: Tensor | None, own_k: Tensor, own_v: Tensor,
+                own_start: list[int], eps: float) -> Tensor:
+    """One decode token per row through every decoder layer in one native call (fp32, CPU).
+
+    x: (B, H). weights: per layer [ln_attn, qkv, o, ln_mlp, gate_up, down]; extras: per layer [qkv_bias, o_bias,
+    gate_up_bias, down_bias, q_norm, k_norm, qkv_a, qkv_b, o_a, o_b, gate_up_a, gate_up_b, down_a, down_b] (None
+    where absent; LoRA scale folded into b). cos/sin: (B, D) at each row's position. k/v_prefix: (L, P, Hkv, D)
+    shared or None. own_k/own_v: (L, B, cap, Hkv, D); row b's new KV is written at own_start[b] and it attends to own
+    rows [0, own_start[b]]. Returns the hidden state after the last layer, (B, H), before the final norm.
+    The reference is the eager layer loop of `duomem_fast.model.decoder.Decoder` (fused_decode=False).
+    """
+    if not has_decode_step(x.device.type):
+        raise ValueError("decode_step needs the native CPU build (duomem_fast._C with the decode ops)")
+    _say("decode_step", "native")
+    if torch.compiler.is_compiling():
+        return torch.ops.duomem.decode_step(x, weights, extras, cos, sin, k_prefix, v_prefix, own_k, own_v,
+                                            list(own_start), eps)
+    return _C.decode_step_cpu(x, weights, extras, cos, sin, k_prefix, v_prefix, own_k, own_v, list(own_start), eps)

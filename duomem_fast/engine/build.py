@@ -23,7 +23,7 @@ def parse_dtype(dtype) -> torch.dtype:
 
 
 def build_engine(cls, model, adapter, merge_lora: bool, dtype, attn_impl: str = "auto",
-                 prefix_budget_bytes: int = 2 << 30, lookahead: int = 0):
+                 prefix_budget_bytes: int = 2 << 30, lookahead: int = 0, fused_decode: bool = True):
     from transformers import AutoTokenizer
 
     dtype = parse_dtype(dtype)
@@ -42,7 +42,7 @@ def build_engine(cls, model, adapter, merge_lora: bool, dtype, attn_impl: str = 
             attach_adapter(weights, cfg, lora)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     fingerprint = model_fingerprint(weight_files(model_dir), model_dir / "config.json", digest, merge_lora, dtype)
-    engine = cls(Decoder(cfg, weights, dtype, attn_impl), tokenizer, fingerprint, Path(model_dir),
+    engine = cls(Decoder(cfg, weights, dtype, attn_impl, fused_decode), tokenizer, fingerprint, Path(model_dir),
                  prefix_budget_bytes, lookahead)
     engine.adapter_path, engine.merged = (Path(adapter) if adapter else None), bool(merge_lora and adapter)
     return engine

@@ -43,7 +43,8 @@ class Engine:
         """Load a model (None = the default SmolLM2-135M-Instruct; or a local HF directory) and optionally a PEFT
         LoRA adapter directory, merged into the weights or kept unmerged. dtype: None/"float32" or "bfloat16".
         options: attn_impl ("auto" | "flash" | "torch" | "ops"), prefix_budget_bytes, lookahead (greedy prompt-lookup
-        draft length, 0 = off)."""
+        draft length, 0 = off), fused_decode (True: decode tokens run the layer stack in one native call where
+        built; False: the eager layer loop)."""
         from duomem_fast.engine.build import build_engine
 
         return build_engine(cls, model, adapter, merge_lora, dtype, **options)

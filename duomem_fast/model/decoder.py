@@ -36,24 +36,43 @@ class Decoder:
 
     attn_impl: "auto" (native ops for decode rows, else flash), "flash" (torch's CPU flash kernel per KV segment,
     merged through the lse), "torch" (grouped matmuls) or "ops" (the dispatcher); see model/attention.py.
+    fused_decode: decode steps (one new token per row, fp32, attn_impl "auto") run the whole layer stack in one
+    native call (`ops.decode_step`) where it is built; False keeps the eager layer loop below (the reference).
     """
 
-    def __init__(self, cfg: ModelConfig, weights: Weights, dtype: torch.dtype, attn_impl: str = "auto") -> None:
+    def __init__(self, cfg: ModelConfig, weights: Weights, dtype: torch.dtype, attn_impl: str = "auto",
+                 fused_decode: bool = True) -> None:
         if attn_impl not in ("auto", "torch", "ops", "flash"):
             raise ValueError(f"unknown attn_impl {attn_impl!r}: expected 'auto', 'flash', 'torch' or 'ops'")
         self.cfg, self.w, self.dtype, self.attn_impl = cfg, weights, dtype, attn_impl
+        self.fused_decode = fused_decode
         self.rope = Rope(cfg.hf, cfg.head_dim, cfg.max_context)
 
     @torch.inference_mode()
     def forward(self, ids: Tensor, step: Step, logits: str = "last") -> Tensor:
         """ids (B, T) -> logits fp32: (B, vocab) for logits="last", (B, T, vocab) for "all"."""
         x = self.w.embed[ids]
-        cos, sin = self.rope.tables(step.positions, self.dtype)
-        for i, lw in enumerate(self.w.layers):
-            x = self._layer(i, lw, x, cos, sin, step)
+        if self._fusable(ids, step):
+            x = self._decode_fused(x[:, 0], step)[:, None]
+        else:
+            cos, sin = self.rope.tables(step.positions, self.dtype)
+            for i, lw in enumerate(self.w.layers):
+                x = self._layer(i, lw, x, cos, sin, step)
         x = x[:, -1] if logits == "last" else x
         x = _rms_norm(x, self.w.norm, self.cfg.rms_norm_eps)
         return ops.lora_linear(x, self.w.lm_head).float()
+
+    def _fusable(self, ids: Tensor, step: Step) -> bool:
+        return (self.fused_decode and ids.shape[1] == 1 and self.dtype == torch.float32 and self.attn_impl == "auto"
+                and step.own_k is not None and len(step.shared) <= 1 and ops.has_decode_step(ids.device.type))
+
+    def _decode_fused(self, x: Tensor, step: Step) -> Tensor:
+        """x (B, H) -> (B, H) after every layer, in one native call; the new KV goes into step.own_k/own_v."""
+        pos = step.positions[:, 0]
+        k, v = step.shared[0] if step.shared else (None, None)
+        weights, extras = decode_plan(self.w)
+        return ops.decode_step(x, weights, extras, self.rope.cos[pos], self.rope.sin[pos], k, v, step.own_k,
+                               step.own_v, step.own_start, self.cfg.rms_norm_eps)
 
     def _layer(self, i: int, lw: LayerWeights, x: Tensor, cos: Tensor, sin: Tensor, step: Step) -> Tensor:
         cfg = self.cfg
@@ -88,6 +107,19 @@ class Decoder:
         end = max(step.own_start) + T
         lens = torch.tensor(step.own_start) + T if len(step.own_start) > 1 else None
         return step.own_k[i, :, :end], step.own_v[i, :, :end], lens
+
+
+def decode_plan(w: Weights) -> tuple[list[Tensor], list[Tensor | None]]:
+    """The flat per-layer tensor lists `ops.decode_step` takes (see its docstring for the order)."""
+    weights: list[Tensor] = []
+    extras: list[Tensor | None] = []
+    for lw in w.layers:
+        weights += [lw.ln_attn, lw.qkv, lw.o, lw.ln_mlp, lw.gate_up, lw.down]
+        extras += [lw.qkv_bias, lw.o_bias, lw.gate_up_bias, lw.down_bias, lw.q_norm, lw.k_norm]
+        for name in ("qkv", "o", "gate_up", "down"):
+            pair = lw.lora.get(name)
+            extras += [None, None] if pair is None else [pair.a, pair.b]
+    return weights, extras
 
 
 def _linear(x: Tensor, w: Tensor, bias: Tensor | None, lora) -> Tensor:

@@ -1,0 +1,39 @@
+// Decode-step kernels on CPU (one new token per sequence): the attention of those rows over KV segments, and the
+// whole decoder-layer stack in one call (decode_step_cpu.cpp). fp32 throughout.
+#pragma once
+
+#include <torch/extension.h>
+
+#include <cstdint>
+
+namespace duomem {
+
+// A run of n keys/values of one sequence: row j of KV head h starts at k + j * ld + h * D (likewise v).
+struct KVSegment {
+  const float* k;
+  const float* v;
+  int64_t ld;
+  int64_t n;
+};
+
+// One sequence's decode rows: q (Hq, D) -> out (Hq, D), attending to every key of segs[0..nseg). GQA: query head
+// h * G + g uses KV head h (G = Hq / Hkv).
+void decode_attention_rows(const float* q, int64_t Hq, int64_t Hkv, int64_t D, const KVSegment* segs, int nseg,
+                           float scale, float* out);
+
+// Ops (registered in ops.cpp).
+at::Tensor decode_attention_cpu(const at::Tensor& q, const c10::optional<at::Tensor>& k_prefix,
+                                const c10::optional<at::Tensor>& v_prefix, const at::Tensor& k_own,
+                                const at::Tensor& v_own, at::IntArrayRef own_lens, double scale);
+at::Tensor decode_step_cpu(const at::Tensor& x, at::TensorList weights, const c10::List<c10::optional<at::Tensor>>& extras,
+                           const at::Tensor& cos, const at::Tensor& sin, const c10::optional<at::Tensor>& k_prefix,
+                           const c10::optional<at::Tensor>& v_prefix, const at::Tensor& own_k, const at::Tensor& own_v,
+                           at::IntArrayRef own_start, double eps);
+
+// From lora_linear_cpu.cpp.
+at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& lora_a,
+                           const c10::optional<at::Tensor>& lora_b, double scale,
+                           const c10::optional<at::Tensor>& scales, const c10::optional<at::Tensor>& bias,
+                           const c10::optional<at::Tensor>& adapter_ids);
+
+}  // namespace duomem

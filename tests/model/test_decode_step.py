@@ -1,0 +1,81 @@
+"""The fused native decode step (ops.decode_step, ops.decode_attention) against the eager reference paths."""
+import pytest
+import torch
+
+from duomem_fast import Engine, ops
+from duomem_fast.kernels.reference import prefix_attention_ref
+from duomem_fast.model.testing import ARCHS, make_random_adapter, make_tiny_model
+
+native = pytest.mark.skipif(not ops.has_decode_step("cpu"),
+                            reason="duomem_fast._C built without the decode ops (or DUOMEM_NO_NATIVE=1)")
+TOL = dict(atol=2e-5, rtol=1e-4)  # fp32; the eager path itself differs from transformers by ~1e-6
+
+
+@native
+@pytest.mark.parametrize("B,Hq,Hkv,D,P,S,lens", [
+    (1, 9, 3, 64, 2000, 100, [57]),        # the default model's decode shape
+    (3, 6, 2, 20, 0, 13, [5, 13, 1]),      # no prefix, D not a multiple of 16, a row seeing one key
+    (2, 4, 4, 16, 7, 9, [9, 3]),           # MHA
+    (1, 16, 2, 128, 33, 40, [1]),          # G=8: two row blocks per KV head
+    (19, 3, 1, 8, 65, 66, list(range(1, 20))),
+])
+def test_decode_attention_matches_reference(B, Hq, Hkv, D, P, S, lens):
+    g = torch.Generator().manual_seed(B * 100 + D)
+    q = torch.randn(B, Hq, D, generator=g)
+    kp, vp = (torch.randn(P, Hkv, D, generator=g) for _ in range(2))
+    ko, vo = (torch.randn(B, S, Hkv, D, generator=g) for _ in range(2))
+    out = ops.decode_attention(q, kp if P else None, vp if P else None, ko, vo, lens)
+    ref = prefix_attention_ref(q[:, None], kp if P else None, vp if P else None, ko, vo, torch.tensor(lens))[:, 0]
+    torch.testing.assert_close(out, ref, **TOL)
+
+
+@native
+def test_decode_attention_refuses_bad_lengths():
+    q, k = torch.randn(1, 4, 16), torch.randn(1, 5, 2, 16)
+    with pytest.raises(RuntimeError, match="own_lens"):
+        ops.decode_attention(q, None, None, k, k, [6])
+
+
+def _run(model_dir, adapter, fused: bool, merge: bool = False):
+    """Prefix + append + 12 decoded tokens, then 3 sessions decoding as a batch: tokens and last logits."""
+    engine = Engine.from_pretrained(model_dir, adapter=adapter, merge_lora=merge, fused_decode=fused)
+    engine.eos_ids = set()
+    s = engine.session(engine.prefix(list(range(5, 40))))
+    s.append(list(range(50, 61)))
+    s.generate(12)
+    logits = engine._run(s, s.tokens[s.kv.length:])
+    batch = [engine.session(s.prefix) for _ in range(3)]
+    for j, b in enumerate(batch):
+        b.append(list(range(60, 63 + 2 * j)))
+    engine.generate_batch(batch, 6)
+    return s.tokens, logits, [b.tokens for b in batch]
+
+
+def _tiny(tmp_path, arch, odd: bool):
+    overrides = dict(hidden_size=114, intermediate_size=77, num_attention_heads=6, num_key_value_heads=2,
+                     head_dim=20, num_hidden_layers=3) if odd else {}
+    return make_tiny_model(tmp_path / arch, arch, seed=3, **overrides)
+
+
+@native
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("odd", [False, True])
+def test_fused_decode_equals_eager(tmp_path, arch, odd):
+    model_dir = _tiny(tmp_path, arch, odd)
+    adapter = make_random_adapter(model_dir, tmp_path / "ad", r=4, alpha=8, std=0.3)
+    for ad in (None, adapter):
+        eager, fused = _run(model_dir, ad, False), _run(model_dir, ad, True)
+        assert fused[0] == eager[0] and fused[2] == eager[2]
+        torch.testing.assert_close(fused[1], eager[1], **TOL)
+
+
+@native
+def test_fused_decode_is_used_and_flag_turns_it_off(tmp_path, monkeypatch):
+    model_dir = make_tiny_model(tmp_path / "llama", "llama")
+    calls = []
+    real = ops.decode_step
+    monkeypatch.setattr(ops, "decode_step", lambda *a: calls.append(1) or real(*a))
+    _run(model_dir, None, True)
+    used = len(calls)
+    _run(model_dir, None, False)
+    assert used >= 12 + 5 and len(calls) == used
