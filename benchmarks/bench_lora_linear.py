@@ -1,12 +1,18 @@
 """Benchmark lora_linear on CPU: ours (C++ via duomem_fast.ops) against torch unfused, torch with the adapter merged,
 and peft's LoRA `Linear` forward, on the default model's shapes (and its fused q/k/v, gate/up) and Qwen3-4B's.
 
-    python benchmarks/bench_lora_linear.py [--quick] [--dtype float32|bfloat16] [--json runs/bench_lora_linear.json]
+    python benchmarks/bench_lora_linear.py [--quick] [--dtype float32|bfloat16] [--mode hot|cold|both]
+                                           [--json runs/bench_lora_linear.json]
 
+Two cache regimes, applied alike to every implementation:
+  hot   the same W/A/B every call: weights up to a few MB sit in L2/L3, so the kernel is compute/L3-bound;
+  cold  calls rotate through enough distinct copies of W/A/B (and of the merged W, and of peft's layer) to cover twice
+        the last-level cache read from the machine: each call streams its weights from DRAM, as a decode step does
+        for every layer of a 540 MB model. x stays hot (the previous layer just wrote it).
 Times are medians (us); vs_* ratios compare p10 times (each side at its least-disturbed: on a shared machine the
 median mostly measures the neighbours). Napkin math: bytes streamed (W + A + B) / p10 time in GB/s, and % of the
-read bandwidth measured in the same process with the same thread count (decode GEMV is bandwidth-bound; weights
-that fit in the last-level cache can exceed 100%).
+read bandwidth measured in the same process with the same thread count (hot rows can exceed 100%: they read L2/L3).
+x_M1 is ours at this M over ours at M=1 (same shape, same regime).
 Also collected by `pytest benchmarks/ --benchmark-only` through the test_* functions at the bottom.
 """
 from __future__ import annotations
@@ -18,80 +24,99 @@ import torch
 import torch.nn.functional as F
 
 from duomem_fast import ops
-from duomem_fast.timing import bench, measure_bandwidth, print_table, write_json
+from duomem_fast.timing import bench, cold_copies, llc_bytes, measure_bandwidth, print_table, rotate, write_json
 
 # (K, N): q/o 576x576, k/v 576->192, gate/up 576->1536, down 1536->576; the engine's fused qkv (960) and gate_up
 # (3072); lm_head 576->49152 (113 MB fp32: the largest, DRAM-bound weight of the default model).
 DEFAULT_SHAPES = [(576, 576), (576, 192), (576, 1536), (1536, 576), (576, 960), (576, 3072), (576, 49152)]
 QWEN_SHAPES = [(2560, 2560), (2560, 9728), (9728, 2560)]
 MS, RANKS = [1, 4, 16, 64], [8, 16, 64]
+MODES = ("hot", "cold")
 
 
-def make_case(K: int, N: int, M: int, r: int, dtype: torch.dtype) -> dict:
+def make_case(K: int, N: int, M: int, r: int, dtype: torch.dtype, copies: int = 1) -> dict:
+    """x (M, K) and `copies` distinct weight sets {w, a, b, merged, peft}, each in its own memory."""
     x = torch.randn(M, K, dtype=dtype)
     w = (torch.randn(N, K) / K ** 0.5).to(dtype)
     a, b = (torch.randn(r, K) / K ** 0.5).to(dtype), (torch.randn(N, r) / r ** 0.5).to(dtype)
     merged = (w.float() + 2.0 * b.float() @ a.float()).to(dtype)
-    return dict(x=x, w=w, a=a, b=b, merged=merged, peft=_peft_linear(w, a, b, r))
+    sets = []
+    for i in range(copies):
+        ws, as_, bs = (t.clone() if i else t for t in (w, a, b))
+        sets.append(dict(w=ws, a=as_, b=bs, merged=merged.clone() if i else merged, peft=_peft_linear(ws, as_, bs, r)))
+    return dict(x=x, sets=sets)
 
 
 def _peft_linear(w, a, b, r):
+    """peft's LoRA Linear over these very tensors (no copy: a cold rotation reaches peft's weights too)."""
     try:
         from peft import LoraConfig
         from peft.tuners.lora import Linear
     except ImportError:
         return None
-    base = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=w.dtype)
-    base.weight.data.copy_(w)
+    base = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=w.dtype, device="meta")
+    base.weight = torch.nn.Parameter(w, requires_grad=False)
     layer = Linear(base, "default", config=LoraConfig(r=r, lora_alpha=2 * r), r=r, lora_alpha=2 * r).to(w.dtype)
-    layer.lora_A["default"].weight.data.copy_(a)
-    layer.lora_B["default"].weight.data.copy_(b)
+    layer.lora_A["default"].weight = torch.nn.Parameter(a, requires_grad=False)
+    layer.lora_B["default"].weight = torch.nn.Parameter(b, requires_grad=False)
     return layer.eval()
 
 
-def impls(c: dict) -> dict:
-    x, w, a, b = c["x"], c["w"], c["a"], c["b"]
+def _fns(x, s: dict) -> dict:
+    w, a, b = s["w"], s["a"], s["b"]
     fns = {
         "ours": lambda: ops.lora_linear(x, w, a, b, 2.0),
         "unfused": lambda: F.linear(x, w) + 2.0 * F.linear(F.linear(x, a), b),
-        "merged": lambda: F.linear(x, c["merged"]),
+        "merged": lambda: F.linear(x, s["merged"]),
     }
-    if c["peft"] is not None:
-        fns["peft"] = lambda: c["peft"](x)
+    if s["peft"] is not None:
+        fns["peft"] = lambda: s["peft"](x)
     return fns
 
 
-def run(shapes, ms, ranks, dtype, reps: int) -> list[dict]:
-    bw = measure_bandwidth()
-    print(f"measured read bandwidth: {bw / 1e9:.1f} GB/s ({torch.get_num_threads()} threads); backend "
-          f"{ops.backend('cpu')}; dtype {dtype}", flush=True)
+def impls(c: dict) -> dict:
+    """name -> one callable; with several weight sets each call moves on to the next set."""
+    per_set = [_fns(c["x"], s) for s in c["sets"]]
+    return {name: rotate([f[name] for f in per_set]) for name in per_set[0]}
+
+
+def run(shapes, ms, ranks, dtype, reps: int, modes=MODES) -> list[dict]:
+    bw, llc = measure_bandwidth(), llc_bytes()
+    print(f"measured read bandwidth: {bw / 1e9:.1f} GB/s ({torch.get_num_threads()} threads); last-level cache "
+          f"{llc >> 20} MiB; backend {ops.backend('cpu')}; dtype {dtype}", flush=True)
     rows = []
     with torch.inference_mode():
-        for K, N in shapes:
-            for r in ranks:
-                for M in ms:
-                    rows.append(_one(K, N, M, r, dtype, bw, reps))
-                    print_table([rows[-1]], COLUMNS) if len(rows) == 1 else print(_line(rows[-1]), flush=True)
+        for mode in modes:
+            print(f"\n{mode}:", flush=True)
+            first = len(rows)
+            for K, N in shapes:
+                for r in ranks:
+                    for M in ms:
+                        rows.append(_one(K, N, M, r, dtype, bw, llc, reps, mode, rows))
+                        print_table([rows[-1]], COLUMNS) if len(rows) == first + 1 else print(_line(rows[-1]), flush=True)
     return rows
 
 
-def _one(K, N, M, r, dtype, bw, reps) -> dict:
-    c = make_case(K, N, M, r, dtype)
-    nbytes = (N * K + r * (K + N)) * c["w"].element_size()
+def _one(K, N, M, r, dtype, bw, llc, reps, mode, done) -> dict:
+    nbytes = (N * K + r * (K + N)) * dtype.itemsize
+    copies = cold_copies(nbytes, llc) if mode == "cold" else 1
+    c = make_case(K, N, M, r, dtype, copies)
     reps = max(5, min(reps, int(reps * 2e7 / nbytes)))  # fewer reps for 100 MB weights: same wall time per row
-    t = {name: bench(fn, warmup=2, reps=reps) for name, fn in impls(c).items()}
+    t = {name: bench(fn, warmup=2 * copies, reps=reps) for name, fn in impls(c).items()}
     ours, best = t["ours"].median, t["ours"].p10
-    row = dict(K=K, N=N, M=M, r=r, ours_us=ours * 1e6, ours_p10_us=best * 1e6)
+    row = dict(mode=mode, K=K, N=N, M=M, r=r, copies=copies, ours_us=ours * 1e6, ours_p10_us=best * 1e6)
     for name in ("unfused", "merged", "peft"):
         row[f"{name}_us"] = t[name].median * 1e6 if name in t else float("nan")
     for name in ("unfused", "merged"):  # p10 ratios: both sides at their least-disturbed, robust on a shared box
         row[f"vs_{name}"] = t[name].p10 / best
     row.update(GBps=nbytes / best / 1e9, pct_bw=100 * nbytes / best / bw)
+    m1 = [d for d in done if (d["mode"], d["K"], d["N"], d["r"], d["M"]) == (mode, K, N, r, 1)]
+    row["x_M1"] = best / (m1[0]["ours_p10_us"] * 1e-6) if m1 else float("nan")
     return row
 
 
-COLUMNS = ["K", "N", "M", "r", "ours_us", "ours_p10_us", "unfused_us", "merged_us", "peft_us", "vs_unfused",
-           "vs_merged", "GBps", "pct_bw"]
+COLUMNS = ["mode", "K", "N", "M", "r", "copies", "ours_us", "ours_p10_us", "unfused_us", "merged_us", "peft_us",
+           "vs_unfused", "vs_merged", "GBps", "pct_bw", "x_M1"]
 
 
 def _line(row: dict) -> str:
@@ -102,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="default-model shapes, r=16, M in {1, 4}")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--mode", default="both", choices=["hot", "cold", "both"], help="cache regime (default both)")
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads first (default: torch's)")
     p.add_argument("--json", default=None, help="write rows + machine info here")
@@ -109,15 +135,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
+    modes = MODES if args.mode == "both" else (args.mode,)
     if args.quick:
-        rows = run(DEFAULT_SHAPES, [1, 4], [16], dtype, args.reps)
+        rows = run(DEFAULT_SHAPES, [1, 4], [16], dtype, args.reps, modes)
     else:
-        rows = run(DEFAULT_SHAPES + QWEN_SHAPES, MS, RANKS, dtype, args.reps)
-    print()
-    print_table(rows, COLUMNS)
+        rows = run(DEFAULT_SHAPES + QWEN_SHAPES, MS, RANKS, dtype, args.reps, modes)
+    for mode in modes:
+        print(f"\n{mode}:")
+        print_table([r for r in rows if r["mode"] == mode], COLUMNS)
     if args.json:
         write_json(args.json, {"bench": "lora_linear", "dtype": args.dtype, "bandwidth_Bps": measure_bandwidth(),
-                               "backend": ops.backend("cpu"), "rows": rows})
+                               "llc_bytes": llc_bytes(), "backend": ops.backend("cpu"), "modes": list(modes),
+                               "rows": rows})
     return 0
 
 

@@ -44,9 +44,10 @@ struct Gemv {
 };
 
 // out rows [m0, m0+MB), columns [n0, n0+NB), over K range [k0, k1); the LoRA extension and bias join on the last range.
+// pf: the next W block at k0, prefetched during this one (first x block only: later ones find W in L1).
 template <int NB, int MB, typename WT, typename LT>
 inline void block(const Gemv& g, const WT* w, int64_t ldw, const LT* B, int64_t n0, int64_t m0, int64_t k0,
-                  int64_t k1) {
+                  int64_t k1, const WT* pf) {
   const bool last = k1 == g.K;
   const LT* b[MB];
   for (int j = 0; j < MB; ++j) {
@@ -59,12 +60,12 @@ inline void block(const Gemv& g, const WT* w, int64_t ldw, const LT* B, int64_t 
 #ifdef __AVX512BF16__
   if constexpr (std::is_same_v<WT, c10::BFloat16>) {
     if (g.xb) {
-      return lora_dot_bf16<NB, MB>(w + n0 * ldw + k0, ldw, g.xb + m0 * g.K + k0, g.K, k1 - k0, b, g.r, st, g.r, bias,
-                                   out, g.ldo, k0 > 0);
+      return lora_dot_bf16<NB, MB>(w + n0 * ldw + k0, ldw, g.xb + m0 * g.K + k0, g.K, k1 - k0, pf, b, g.r, st, g.r,
+                                   bias, out, g.ldo, k0 > 0);
     }
   }
 #endif
-  lora_dot<NB, MB>(w + n0 * ldw + k0, ldw, g.x + m0 * g.K + k0, g.K, k1 - k0, b, g.r, st, g.r, bias, out, g.ldo,
+  lora_dot<NB, MB>(w + n0 * ldw + k0, ldw, g.x + m0 * g.K + k0, g.K, k1 - k0, pf, b, g.r, st, g.r, bias, out, g.ldo,
                    k0 > 0);
 }
 
@@ -72,19 +73,24 @@ inline void block(const Gemv& g, const WT* w, int64_t ldw, const LT* B, int64_t 
 // the 1-3 row remainder with all NB rows at once (8x3 = 24 accumulators). The NB rows' K range (8 x 2 KiB at most,
 // see k_chunk) stays in L1 across the x blocks, so W is read from memory once whatever M is.
 template <int NB, typename WT, typename LT>
-inline void row_block(const Gemv& g, const WT* w, int64_t ldw, const LT* B, int64_t n0, int64_t k0, int64_t k1) {
+inline void row_block(const Gemv& g, const WT* w, int64_t ldw, const LT* B, int64_t n0, int64_t k0, int64_t k1,
+                      int64_t rows_end) {
+  // the next block's rows, if w has NB more rows after this block's
+  const WT* pf = n0 + 2 * NB <= rows_end ? w + (n0 + NB) * ldw + k0 : nullptr;
   int64_t m0 = 0;
   for (; m0 + 4 <= g.M; m0 += 4) {
     if constexpr (NB % 4 == 0) {
-      for (int i = 0; i < NB; i += 4) block<4, 4>(g, w, ldw, B, n0 + i, m0, k0, k1);
+      for (int i = 0; i < NB; i += 4)
+        block<4, 4>(g, w, ldw, B, n0 + i, m0, k0, k1, m0 == 0 && pf ? pf + i * ldw : nullptr);
     } else {
-      block<NB, 4>(g, w, ldw, B, n0, m0, k0, k1);
+      block<NB, 4>(g, w, ldw, B, n0, m0, k0, k1, m0 == 0 ? pf : nullptr);
     }
   }
+  const WT* pfr = m0 == 0 ? pf : nullptr;
   switch (g.M - m0) {
-    case 3: block<NB, 3>(g, w, ldw, B, n0, m0, k0, k1); break;
-    case 2: block<NB, 2>(g, w, ldw, B, n0, m0, k0, k1); break;
-    case 1: block<NB, 1>(g, w, ldw, B, n0, m0, k0, k1); break;
+    case 3: block<NB, 3>(g, w, ldw, B, n0, m0, k0, k1, pfr); break;
+    case 2: block<NB, 2>(g, w, ldw, B, n0, m0, k0, k1, pfr); break;
+    case 1: block<NB, 1>(g, w, ldw, B, n0, m0, k0, k1, pfr); break;
     default: break;
   }
 }
@@ -98,16 +104,16 @@ inline int64_t k_chunk(int64_t M, int64_t K) {
   return ((K + parts - 1) / parts + 31) / 32 * 32;  // multiple of 32: bf16 pairs and whole vectors
 }
 
-// Rows [r0, r1) of w: 8-row blocks, then 4, then singles.
+// Rows [r0, r1) of w (n_rows rows in all): 8-row blocks, then 4, then singles.
 template <typename WT, typename LT>
-void rows(const Gemv& g, const WT* w, int64_t ldw, const LT* B, int64_t r0, int64_t r1) {
+void rows(const Gemv& g, const WT* w, int64_t ldw, int64_t n_rows, const LT* B, int64_t r0, int64_t r1) {
   const int64_t kc = k_chunk(g.M, g.K);
   for (int64_t k0 = 0; k0 < g.K; k0 += kc) {
     const int64_t k1 = std::min(g.K, k0 + kc);
     int64_t n0 = r0;
-    for (; n0 + 8 <= r1; n0 += 8) row_block<8>(g, w, ldw, B, n0, k0, k1);
-    for (; n0 + 4 <= r1; n0 += 4) row_block<4>(g, w, ldw, B, n0, k0, k1);
-    for (; n0 < r1; ++n0) row_block<1>(g, w, ldw, B, n0, k0, k1);
+    for (; n0 + 8 <= r1; n0 += 8) row_block<8>(g, w, ldw, B, n0, k0, k1, n_rows);
+    for (; n0 + 4 <= r1; n0 += 4) row_block<4>(g, w, ldw, B, n0, k0, k1, n_rows);
+    for (; n0 < r1; ++n0) row_block<1>(g, w, ldw, B, n0, k0, k1, n_rows);
   }
 }
 
@@ -118,13 +124,13 @@ void shrink(const Gemv& g, const LT* A, const float* scales, float* t) {
   Gemv s = g;
   s.out = t, s.ldo = g.r, s.bias = nullptr, s.ids = nullptr, s.st = nullptr;
   if (!g.ids) {
-    rows<LT, float>(s, A, g.K, nullptr, 0, g.r);
+    rows<LT, float>(s, A, g.K, g.r, nullptr, 0, g.r);
   } else {
     s.M = 1;
     for (int64_t m = 0; m < g.M; ++m) {
       if (g.ids[m] < 0) continue;
       s.x = g.x + m * g.K, s.xb = g.xb ? g.xb + m * g.K : nullptr, s.out = t + m * g.r;
-      rows<LT, float>(s, A + g.ids[m] * g.r * g.K, g.K, nullptr, 0, g.r);
+      rows<LT, float>(s, A + g.ids[m] * g.r * g.K, g.K, g.r, nullptr, 0, g.r);
     }
   }
   for (int64_t m = 0; m < g.M; ++m) {
@@ -141,7 +147,9 @@ void lora_linear_impl(const Gemv& g, const WT* W, int64_t ldw, const LT* A, cons
                       float* t) {
   if (A) shrink(g, A, scales, t);
   const int64_t chunks = (g.N + kChunkRows - 1) / kChunkRows;
-  auto chunk = [&](int64_t c) { rows(g, W, ldw, A ? B : nullptr, c * kChunkRows, std::min(g.N, (c + 1) * kChunkRows)); };
+  auto chunk = [&](int64_t c) {
+    rows(g, W, ldw, g.N, A ? B : nullptr, c * kChunkRows, std::min(g.N, (c + 1) * kChunkRows));
+  };
   // Below ~256K MACs (576->192 at M=1 is 110K: 8.4 us alone, 9.5 us with a helper) handing out chunks costs more
   // than a second core returns.
   if (g.M * g.N * g.K < (int64_t(1) << 18)) {

@@ -1,12 +1,16 @@
 """Timing helpers shared by every benchmark: robust timer, in-process bandwidth probe, table and JSON output.
 
 Benchmarks print a table (ours and baselines side by side, with GB/s against the bandwidth measured in the same
-process and thread count) and write the same rows as JSON with the machine they ran on.
+process and thread count) and write the same rows as JSON with the machine they ran on. Cold-cache timing (what a
+decode step sees: each layer's weights come from DRAM once per token) rotates through enough copies of the data to
+overflow the last-level cache, as Triton's do_bench flushes L2 between calls.
 """
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
+import math
 import os
 import platform
 import statistics
@@ -72,10 +76,62 @@ def measure_bandwidth(nbytes: int = 256 << 20, reps: int = 10) -> float:
     return nbytes / best
 
 
+def llc_bytes() -> int:
+    """Size in bytes of one last-level (highest-level) CPU cache, from sysfs, else `lscpu -B -C`.
+
+    Raises ValueError when neither source reports a cache (a benchmark must then be told the size, not guess it).
+    """
+    sizes: dict[int, int] = {}
+    for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level, size = int((d / "level").read_text()), (d / "size").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+        sizes[level] = int(size.rstrip("KMG")) * unit
+    if sizes:
+        return sizes[max(sizes)]
+    return _llc_from_lscpu()
+
+
+def _llc_from_lscpu() -> int:
+    try:
+        out = subprocess.run(["lscpu", "-B", "-C=LEVEL,ONE-SIZE"], capture_output=True, text=True, timeout=5).stdout
+        rows = [line.split() for line in out.splitlines()[1:] if line.split()[:1] and line.split()[0].isdigit()]
+        return int(max(rows, key=lambda r: int(r[0]))[1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        raise ValueError("last-level cache size unknown: neither /sys/devices/system/cpu/cpu0/cache nor "
+                         "`lscpu -B -C` reports one") from None
+
+
+def cold_copies(nbytes: int, llc: int | None = None, factor: float = 2.0) -> int:
+    """Distinct copies of an `nbytes` working set to rotate through so that each call finds its data evicted from the
+    last-level cache: copies covering `factor` x the LLC (1 when one copy already does)."""
+    if nbytes <= 0 or factor <= 0:
+        raise ValueError(f"cold_copies needs nbytes > 0 and factor > 0, got nbytes={nbytes}, factor={factor}")
+    llc = llc_bytes() if llc is None else llc
+    return max(1, math.ceil(factor * llc / nbytes))
+
+
+def rotate(fns: Sequence[Callable[[], Any]]) -> Callable[[], Any]:
+    """One callable that calls fns[0], fns[1], ... in turn, wrapping around (cold-cache timing over data copies)."""
+    if not fns:
+        raise ValueError("rotate needs at least one function, got none")
+    if len(fns) == 1:
+        return fns[0]
+    nxt = itertools.cycle(fns).__next__
+    return lambda: nxt()()
+
+
 def machine_info() -> dict:
-    """CPU model, thread count, torch version, UTC date, git commit of the checkout (or None)."""
+    """CPU model, last-level cache bytes (or None), thread count, torch version, UTC date, git commit (or None)."""
+    try:
+        llc = llc_bytes()
+    except ValueError:
+        llc = None
     return {
         "cpu": _cpu_model(),
+        "llc_bytes": llc,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
