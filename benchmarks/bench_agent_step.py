@@ -12,7 +12,8 @@ greedily (EOS ignored, so every engine does the same work). Engines, in one proc
   3. llama.cpp           llama-cpp-python on the same weights (skipped with a message when not installed)
   4. ours unmerged       duomem_fast Engine, adapter applied per layer (fused lora_linear)
   5. ours merged         duomem_fast Engine, adapter merged
-  extra rows: ours with --batch sessions decoding together (times per session), ours with greedy prompt-lookup
+  extra rows: ours unmerged with the eager layer loop (fused_decode=False: the decode step before ops.decode_step;
+  --eager-row), ours with --batch sessions decoding together (times per session), ours with greedy prompt-lookup
   drafts (--lookahead; exact greedy, so it faces the same gate), ours in bf16 (--bf16; not token-exact in general)
 Correctness gate first: each engine's greedy tokens must equal transformers' with the adapter merged (engine 2) on
 the first --gate-steps steps; an engine that fails reports no speed. Then per engine: seconds per step (median,
@@ -241,6 +242,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, default=4, help="also run this many sessions decoding as one batch (0: off)")
     p.add_argument("--lookahead", type=int, default=4, help="also run ours with prompt-lookup drafts (0: off)")
+    p.add_argument("--eager-row", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run ours unmerged with the eager layer loop (fused_decode=False)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False, help="also run ours merged bf16")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
@@ -274,6 +277,12 @@ def main(argv=None) -> dict:
         engines[name] = Engine.from_pretrained(None, adapter=adapter, merge_lora=merge)
         results[name] = run_engine(Ours(engines[name]), playbook, observations)
     ours = engines["ours unmerged"]
+    if args.eager_row:
+        name = "ours unmerged eager layers"
+        print(f"running {name} ...", flush=True)
+        engines[name] = Engine.from_pretrained(None, adapter=adapter, merge_lora=False, fused_decode=False)
+        results[name] = run_engine(Ours(engines[name]), playbook, observations)
+        engines[name] = ours
     if args.batch > 1:
         name = f"ours unmerged x{args.batch} batch"
         print(f"running {name} ...", flush=True)
