@@ -98,7 +98,7 @@ inline void row_block(const Gemv& g, const WT* w, int64_t ldw, const LT* B, int6
 // K range per pass: x's rows for one range must stay in L1 (32 KiB) while 8 W rows stream past. 1536->576 at M=4
 // reads 24 KiB of x per W block unsplit and ran at 2.6 FMA/ns against 3.0 for 576->576; ranges of x <= 8 KiB fix it.
 inline int64_t k_chunk(int64_t M, int64_t K) {
-  const int64_t x_bytes = std::min<int64_t>(M, 8) * K * 4;
+  const int64_t x_bytes = M * K * 4;
   if (x_bytes <= 12 * 1024) return K;
   const int64_t parts = (x_bytes + 8 * 1024 - 1) / (8 * 1024);
   return ((K + parts - 1) / parts + 31) / 32 * 32;  // multiple of 32: bf16 pairs and whole vectors
@@ -172,9 +172,10 @@ void dispatch_lora(const Gemv& g, const WT* W, int64_t ldw, const at::Tensor& A,
   }
 }
 
-// Above this many rows the product is compute-bound and MKL's blocked GEMM wins (1 thread, 576x1536: M=8 ours 251 us
-// vs 236 us, M=16 486 vs 372), so prefill goes through ATen: base GEMM, then the LoRA delta as two thin GEMMs.
-constexpr int64_t kGemvMaxRows = 8;
+// Above this many rows MKL's blocked GEMM wins, so prefill goes through ATen: base GEMM, then the LoRA delta as two
+// thin GEMMs. 1 thread, r=16, p10 us ours / ATen (base + thin GEMMs), 576x1536: M=16 338/401, M=24 539/543,
+// M=32 835/687; 1536x576: M=16 333/396, M=24 568/538.
+constexpr int64_t kGemvMaxRows = 16;
 
 at::Tensor gemm_path(const at::Tensor& xf, const at::Tensor& w, const at::Tensor& A, const at::Tensor& B,
                      const at::Tensor& scales, const at::Tensor& bias, const at::Tensor& ids, bool multi) {

@@ -1,4 +1,4 @@
-"""The C++ lora_linear's register-blocked GEMV path (M <= 8) at its edges, against lora_linear_ref.
+"""The C++ lora_linear's register-blocked GEMV path (M <= 16) at its edges, against lora_linear_ref.
 
 The kernel takes 8 W rows at a time (then 4, then singles), x rows 4 at a time (then a 3/2/1 remainder), splits
 long K so x's slice stays in L1, and runs bf16 weights with bf16 x on vdpbf16ps: each of these has its own code.
@@ -27,8 +27,8 @@ def _native(use_backend):
     use_backend("native")
 
 
-# N = 8 * 4 + 4 + 1 (every row-block size); N = 3 (singles only); M 2..8 (4-row x blocks and every remainder)
-@pytest.mark.parametrize("M", [2, 4, 5, 6, 7, 8])
+# N = 8 * 4 + 4 + 1 (every row-block size); N = 3 (singles only); M 2..16 (4-row x blocks and every remainder)
+@pytest.mark.parametrize("M", [2, 4, 5, 6, 7, 8, 15, 16])
 @pytest.mark.parametrize("N", [37, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_row_and_column_blocks(M, N, dtype):
@@ -37,7 +37,7 @@ def test_row_and_column_blocks(M, N, dtype):
 
 
 # M * K * 4 bytes > 12 KiB: K is processed in slices (partial sums added into y, LoRA and bias on the last slice)
-@pytest.mark.parametrize("M", [1, 4, 8])
+@pytest.mark.parametrize("M", [1, 4, 8, 13])
 @pytest.mark.parametrize("K", [1111, 4099])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_k_split(M, K, dtype):
