@@ -3,9 +3,11 @@
 // Decode reads every K/V row once per token (2,000 tokens x 3 KV heads x 64 fp32 = 1.5 MiB of K per layer), so the
 // loop is built around one forward stream over the rows: key blocks outside, KV heads inside. A block of 64 rows
 // (64 x 768 B for K at Hkv=3, D=64) serves all heads while it is in L1/L2, and the next block is prefetched while
-// this one is computed. The per-head pass of prefix_attention_cpu walks the rows Hkv times with gaps (measured
-// 454 us per layer cold vs 196 us hot at 2,100 keys). The G query heads of a KV head are the rows of a 4-row
-// register block (G=3 padded to 4: one transpose-add tree reduces 4 keys x 4 rows at once).
+// this one is computed (1 thread, 2,100 keys, 30 layers' KV cold: 331 us per layer against 454 us for the per-head
+// passes of prefix_attention_cpu; both are latency-bound: ~7-19 GB/s where a plain sum streams 14-23 GB/s on the
+// shared box, and prefetch distance/hint variants measured no different). The G query heads of a KV head are the rows
+// of a 4-row register block for the scores (G=3 padded to 4: one transpose-add tree reduces 4 keys x 4 rows) and
+// exactly G rows for P·V (hot: 141 -> 100 us per layer against the padded 4-row P·V).
 #include "decode_cpu.h"
 
 #include <algorithm>
@@ -44,32 +46,44 @@ inline void prefetch_rows(const float* p, int64_t ld, int64_t rows, int64_t row_
 #endif
 }
 
-// o_g += sum_j p[g][j] v_j over nb keys (v rows at v + j*ld, D floats).
+// o_g += sum_j p[g][j] v_j over nb keys (v rows at v + j*ld, D floats) for NG rows from g0: NG x 4 zmm accumulators
+// (a 64-dim slice) stay in registers across the block, each V vector loaded once for the NG rows.
+#ifdef __AVX512F__
+template <int NG>
+void pv_block(HeadState& st, int64_t g0, const float* p, const float* v, int64_t ld, int64_t nb) {
+  const int64_t D = st.D;
+  for (int64_t d0 = 0; d0 < D; d0 += 64) {
+    __mmask16 mk[4];
+    for (int c = 0; c < 4; ++c) {
+      const int64_t left = std::max<int64_t>(0, std::min<int64_t>(16, D - d0 - 16 * c));
+      mk[c] = static_cast<__mmask16>((1u << left) - 1u);
+    }
+    float* o = st.o.data() + g0 * D + d0;
+    __m512 acc[NG][4];
+    for (int i = 0; i < NG; ++i)
+      for (int c = 0; c < 4; ++c) acc[i][c] = _mm512_maskz_loadu_ps(mk[c], o + i * D + 16 * c);
+    for (int64_t j = 0; j < nb; ++j) {
+      __m512 vv[4];
+      for (int c = 0; c < 4; ++c) vv[c] = _mm512_maskz_loadu_ps(mk[c], v + j * ld + d0 + 16 * c);
+      for (int i = 0; i < NG; ++i) {
+        const __m512 pi = _mm512_set1_ps(p[(g0 + i) * kBlock + j]);
+        for (int c = 0; c < 4; ++c) acc[i][c] = _mm512_fmadd_ps(pi, vv[c], acc[i][c]);
+      }
+    }
+    for (int i = 0; i < NG; ++i)
+      for (int c = 0; c < 4; ++c) _mm512_mask_storeu_ps(o + i * D + 16 * c, mk[c], acc[i][c]);
+  }
+}
+#endif
+
 void pv_rows(HeadState& st, const float* p, const float* v, int64_t ld, int64_t nb) {
 #ifdef __AVX512F__
-  const int64_t D = st.D;
   for (int64_t g0 = 0; g0 < st.G; g0 += 4) {
-    const int64_t ng = std::min<int64_t>(4, st.G - g0);
-    for (int64_t d0 = 0; d0 < D; d0 += 64) {
-      __mmask16 mk[4];
-      for (int c = 0; c < 4; ++c) {
-        const int64_t left = std::max<int64_t>(0, std::min<int64_t>(16, D - d0 - 16 * c));
-        mk[c] = static_cast<__mmask16>((1u << left) - 1u);
-      }
-      __m512 acc[4][4];
-      for (int i = 0; i < 4; ++i)
-        for (int c = 0; c < 4; ++c)
-          acc[i][c] = i < ng ? _mm512_maskz_loadu_ps(mk[c], &st.o[(g0 + i) * D + d0 + 16 * c]) : _mm512_setzero_ps();
-      for (int64_t j = 0; j < nb; ++j) {
-        __m512 vv[4];
-        for (int c = 0; c < 4; ++c) vv[c] = _mm512_maskz_loadu_ps(mk[c], v + j * ld + d0 + 16 * c);
-        for (int i = 0; i < ng; ++i) {
-          const __m512 pi = _mm512_set1_ps(p[(g0 + i) * kBlock + j]);
-          for (int c = 0; c < 4; ++c) acc[i][c] = _mm512_fmadd_ps(pi, vv[c], acc[i][c]);
-        }
-      }
-      for (int i = 0; i < ng; ++i)
-        for (int c = 0; c < 4; ++c) _mm512_mask_storeu_ps(&st.o[(g0 + i) * D + d0 + 16 * c], mk[c], acc[i][c]);
+    switch (std::min<int64_t>(4, st.G - g0)) {
+      case 4: pv_block<4>(st, g0, p, v, ld, nb); break;
+      case 3: pv_block<3>(st, g0, p, v, ld, nb); break;
+      case 2: pv_block<2>(st, g0, p, v, ld, nb); break;
+      default: pv_block<1>(st, g0, p, v, ld, nb); break;
     }
   }
 #else
