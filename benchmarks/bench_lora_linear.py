@@ -93,7 +93,10 @@ def run(shapes, ms, ranks, dtype, reps: int, modes=MODES) -> list[dict]:
                 for r in ranks:
                     for M in ms:
                         rows.append(_one(K, N, M, r, dtype, bw, llc, reps, mode, rows))
-                        print_table([rows[-1]], COLUMNS) if len(rows) == first + 1 else print(_line(rows[-1]), flush=True)
+                        if len(rows) == first + 1:
+                            print_table([rows[-1]], COLUMNS)
+                        else:
+                            print(_line(rows[-1]), flush=True)
     return rows
 
 

@@ -70,8 +70,8 @@ inline void block(const Gemv& g, const WT* w, int64_t ldw, const LT* B, int64_t 
 }
 
 // NB rows of w against every row of x: 4 x rows per block (4x4 = 16 accumulators, each w vector feeds 4 FMAs), then
-// the 1-3 row remainder with all NB rows at once (8x3 = 24 accumulators). The NB rows' K range (8 x 2 KiB at most,
-// see k_chunk) stays in L1 across the x blocks, so W is read from memory once whatever M is.
+// the 1-3 row remainder with all NB rows at once (8x3 = 24 accumulators). The NB rows' K range stays in L1 across
+// the x blocks (k_chunk keeps x's slice small beside it), so W is read from memory once whatever M is.
 template <int NB, typename WT, typename LT>
 inline void row_block(const Gemv& g, const WT* w, int64_t ldw, const LT* B, int64_t n0, int64_t k0, int64_t k1,
                       int64_t rows_end) {
@@ -117,8 +117,8 @@ void rows(const Gemv& g, const WT* w, int64_t ldw, int64_t n_rows, const LT* B, 
   }
 }
 
-// Shrink: t[m] = s_id · x[m] Aᵀ[id_m], before the W pass (the expand needs all of t; r x K is small, 16 x 1536 fp32 =
-// 96 KiB). One adapter: all rows in one pass; several: row by row.
+// Shrink: t[m] = s_id · x[m] Aᵀ[id_m], before the W pass (the expand needs all of t; r x K is small,
+// 16 x 1536 fp32 = 96 KiB). One adapter: all rows in one pass; several: row by row.
 template <typename LT>
 void shrink(const Gemv& g, const LT* A, const float* scales, float* t) {
   Gemv s = g;

@@ -146,12 +146,12 @@ inline void dot_rows(const WT* w, int64_t ldw, const float* x, int64_t ldx, int6
 
 template <int NB, int MB, typename LT>
 DUOMEM_INLINE void lora_finish(__m512 (&acc)[NB][MB], const LT* const* b, int64_t r, const float* st, int64_t ldt,
-                        const float* bias, float* out, int64_t ldo, bool add_out) {
+                               const float* bias, float* out, int64_t ldo, bool add_out) {
   bool shared = b[0] != nullptr;  // one adapter for the whole block (the common case): each B vector loaded once
   for (int j = 1; j < MB; ++j) shared = shared && b[j] == b[0];
   for (int64_t k = 0; k < r; k += 16) {
     const __mmask16 m = r - k >= 16 ? 0xffff : static_cast<__mmask16>((1u << (r - k)) - 1u);
-    if (shared) {  // one adapter for the block (the common case): each B vector once
+    if (shared) {
       __m512 sv[MB];
 #pragma GCC unroll 8
       for (int j = 0; j < MB; ++j) sv[j] = _mm512_maskz_loadu_ps(m, st + j * ldt + k);
@@ -182,8 +182,10 @@ DUOMEM_INLINE void lora_finish(__m512 (&acc)[NB][MB], const LT* const* b, int64_
         _mm_storeu_ps(out + j * ldo + 4 * g, v);
       }
     } else {
-      for (int i = 0; i < NB; ++i)
-        out[j * ldo + i] = _mm512_reduce_add_ps(acc[i][j]) + (bias ? bias[i] : 0.f) + (add_out ? out[j * ldo + i] : 0.f);
+      for (int i = 0; i < NB; ++i) {
+        const float prev = add_out ? out[j * ldo + i] : 0.f;
+        out[j * ldo + i] = _mm512_reduce_add_ps(acc[i][j]) + (bias ? bias[i] : 0.f) + prev;
+      }
     }
   }
 }
