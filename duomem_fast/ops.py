@@ -171,7 +171,10 @@ def decode_attention(q: Tensor, k_prefix: Tensor | None, v_prefix: Tensor | None
         raise ValueError("decode_attention needs the native CPU build (duomem_fast._C with the decode ops)")
     _say("decode_attention", "native")
     s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    return torch.ops.duomem.decode_attention(q, k_prefix, v_prefix, k_own, v_own, list(own_lens), s)
+    try:
+        return torch.ops.duomem.decode_attention(q, k_prefix, v_prefix, k_own, v_own, list(own_lens), s)
+    except RuntimeError as e:  # the C++ checks name the bad value; the API edge raises ValueError
+        raise ValueError(f"decode_attention: {str(e).splitlines()[0]}") from e
 
 
 def decode_step(x: Tensor, weights: list[Tensor], extras: list[Tensor | None], cos: Tensor, sin: Tensor,
@@ -192,4 +195,7 @@ def decode_step(x: Tensor, weights: list[Tensor], extras: list[Tensor | None], c
     if torch.compiler.is_compiling():
         return torch.ops.duomem.decode_step(x, weights, extras, cos, sin, k_prefix, v_prefix, own_k, own_v,
                                             list(own_start), eps)
-    return _C.decode_step_cpu(x, weights, extras, cos, sin, k_prefix, v_prefix, own_k, own_v, list(own_start), eps)
+    try:
+        return _C.decode_step_cpu(x, weights, extras, cos, sin, k_prefix, v_prefix, own_k, own_v, list(own_start), eps)
+    except RuntimeError as e:  # the C++ checks name the bad value; the API edge raises ValueError
+        raise ValueError(f"decode_step: {str(e).splitlines()[0]}") from e

@@ -32,8 +32,21 @@ def test_decode_attention_matches_reference(B, Hq, Hkv, D, P, S, lens):
 @native
 def test_decode_attention_refuses_bad_lengths():
     q, k = torch.randn(1, 4, 16), torch.randn(1, 5, 2, 16)
-    with pytest.raises(RuntimeError, match="own_lens"):
+    with pytest.raises(ValueError, match=r"own_lens\[0\]=6"):
         ops.decode_attention(q, None, None, k, k, [6])
+
+
+@native
+def test_decode_step_refuses_a_position_outside_the_buffer(tmp_path):
+    from duomem_fast.model.decoder import decode_plan
+
+    engine = Engine.from_pretrained(make_tiny_model(tmp_path / "llama", "llama"))
+    cfg, d = engine.config, engine.config.head_dim
+    own = torch.zeros(cfg.num_layers, 1, 4, cfg.num_kv_heads, d)
+    weights, extras = decode_plan(engine.decoder.w)
+    with pytest.raises(ValueError, match=r"own_start\[0\]=4"):
+        ops.decode_step(torch.randn(1, cfg.hidden_size), weights, extras, torch.ones(1, d), torch.zeros(1, d), None,
+                        None, own, own.clone(), [4], 1e-6)
 
 
 def _run(model_dir, adapter, fused: bool, merge: bool = False):
@@ -79,3 +92,16 @@ def test_fused_decode_is_used_and_flag_turns_it_off(tmp_path, monkeypatch):
     used = len(calls)
     _run(model_dir, None, False)
     assert used >= 12 + 5 and len(calls) == used
+
+
+@native
+def test_fused_decode_equals_eager_on_two_threads(tmp_path):
+    model_dir = _tiny(tmp_path, "qwen3", True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        eager, fused = _run(model_dir, None, False), _run(model_dir, None, True)
+    finally:
+        torch.set_num_threads(before)
+    assert fused[0] == eager[0] and fused[2] == eager[2]
+    torch.testing.assert_close(fused[1], eager[1], **TOL)
