@@ -3,7 +3,8 @@
 // Decode is GEMV-bound: every call streams W (N, K) from memory once, so the kernel is built around that stream.
 //  - Rows of W are taken 8 at a time and each block meets every row of x while it is hot, in 4x4 register blocks
 //    (4 W rows x 4 x rows = 16 accumulators: each W vector loaded feeds 4 FMAs), so memory sees W once whatever M is
-//    (stock GEMV re-reads W per row: ~3.5x for M=4). Each block prefetches the next one into L2 (cold weights).
+//    (stock GEMV re-reads W per row: ~3.5x for M=4). Each block prefetches the next one into L2 (cold weights);
+//    long K is split so a block's x and W slices share L1 (k_chunk).
 //  - The shrink t = s·x Aᵀ runs through the same kernel as W (A's r rows are just more rows) before the W pass; the
 //    expand is r more steps of the W block's own dot products ([W | B] · [x | s·t]), so it needs no separate
 //    reduction, and the bias joins at the store: the delta never makes its own pass over y.
@@ -43,60 +44,79 @@ struct Gemv {
   int64_t r, N;              // rank, rows of B per adapter
 };
 
-// out rows [m0, m0+MB), columns [n0, n0+NB), with the LoRA extension and the bias.
-// pf: the next W block, prefetched during this one (first x block only: later ones find W in L1/L2).
+// out rows [m0, m0+MB), columns [n0, n0+NB), over K range [k0, k1); the LoRA extension and bias join on the last range.
+// pf: the next W block at k0, prefetched during this one (first x block only: later ones find W in L1).
 template <int NB, int MB, typename WT, typename LT>
-inline void block(const Gemv& g, const WT* w, int64_t ldw, const LT* B, int64_t n0, int64_t m0, const WT* pf) {
+inline void block(const Gemv& g, const WT* w, int64_t ldw, const LT* B, int64_t n0, int64_t m0, int64_t k0,
+                  int64_t k1, const WT* pf) {
+  const bool last = k1 == g.K;
   const LT* b[MB];
   for (int j = 0; j < MB; ++j) {
     const int64_t ad = g.ids ? g.ids[m0 + j] : 0;
-    b[j] = B && ad >= 0 ? B + (ad * g.N + n0) * g.r : nullptr;
+    b[j] = last && B && ad >= 0 ? B + (ad * g.N + n0) * g.r : nullptr;
   }
-  const float* bias = g.bias ? g.bias + n0 : nullptr;
+  const float* bias = last && g.bias ? g.bias + n0 : nullptr;
   float* out = g.out + m0 * g.ldo + n0;
   const float* st = g.st ? g.st + m0 * g.r : nullptr;
 #ifdef __AVX512BF16__
   if constexpr (std::is_same_v<WT, c10::BFloat16>) {
     if (g.xb) {
-      return lora_dot_bf16<NB, MB>(w + n0 * ldw, ldw, g.xb + m0 * g.K, g.K, g.K, pf, b, g.r, st, g.r, bias, out,
-                                   g.ldo);
+      return lora_dot_bf16<NB, MB>(w + n0 * ldw + k0, ldw, g.xb + m0 * g.K + k0, g.K, k1 - k0, pf, b, g.r, st, g.r,
+                                   bias, out, g.ldo, k0 > 0);
     }
   }
 #endif
-  lora_dot<NB, MB>(w + n0 * ldw, ldw, g.x + m0 * g.K, g.K, g.K, pf, b, g.r, st, g.r, bias, out, g.ldo);
+  lora_dot<NB, MB>(w + n0 * ldw + k0, ldw, g.x + m0 * g.K + k0, g.K, k1 - k0, pf, b, g.r, st, g.r, bias, out, g.ldo,
+                   k0 > 0);
 }
 
 // NB rows of w against every row of x: 4 x rows per block (4x4 = 16 accumulators, each w vector feeds 4 FMAs), then
-// the 1-3 row remainder with all NB rows at once (8x3 = 24 accumulators). The NB rows stay in L1/L2 across the x
-// blocks, so W is read from memory once whatever M is. (Splitting K so x's slice stays in L1 was tried: 3-10% slower
-// hot and 20-35% slower cold at M=4..16, K=576 and 1536.)
+// the 1-3 row remainder with all NB rows at once (8x3 = 24 accumulators). The NB rows' K range stays in L1 across
+// the x blocks (k_chunk keeps x's slice small beside it), so W is read from memory once whatever M is.
 template <int NB, typename WT, typename LT>
-inline void row_block(const Gemv& g, const WT* w, int64_t ldw, const LT* B, int64_t n0, int64_t n_rows) {
-  const WT* pf = n0 + 2 * NB <= n_rows ? w + (n0 + NB) * ldw : nullptr;  // the next block, if w has NB more rows
+inline void row_block(const Gemv& g, const WT* w, int64_t ldw, const LT* B, int64_t n0, int64_t k0, int64_t k1,
+                      int64_t rows_end) {
+  // the next block's rows, if w has NB more rows after this block's
+  const WT* pf = n0 + 2 * NB <= rows_end ? w + (n0 + NB) * ldw + k0 : nullptr;
   int64_t m0 = 0;
   for (; m0 + 4 <= g.M; m0 += 4) {
     if constexpr (NB % 4 == 0) {
-      for (int i = 0; i < NB; i += 4) block<4, 4>(g, w, ldw, B, n0 + i, m0, m0 == 0 && pf ? pf + i * ldw : nullptr);
+      for (int i = 0; i < NB; i += 4)
+        block<4, 4>(g, w, ldw, B, n0 + i, m0, k0, k1, m0 == 0 && pf ? pf + i * ldw : nullptr);
     } else {
-      block<NB, 4>(g, w, ldw, B, n0, m0, m0 == 0 ? pf : nullptr);
+      block<NB, 4>(g, w, ldw, B, n0, m0, k0, k1, m0 == 0 ? pf : nullptr);
     }
   }
   const WT* pfr = m0 == 0 ? pf : nullptr;
   switch (g.M - m0) {
-    case 3: block<NB, 3>(g, w, ldw, B, n0, m0, pfr); break;
-    case 2: block<NB, 2>(g, w, ldw, B, n0, m0, pfr); break;
-    case 1: block<NB, 1>(g, w, ldw, B, n0, m0, pfr); break;
+    case 3: block<NB, 3>(g, w, ldw, B, n0, m0, k0, k1, pfr); break;
+    case 2: block<NB, 2>(g, w, ldw, B, n0, m0, k0, k1, pfr); break;
+    case 1: block<NB, 1>(g, w, ldw, B, n0, m0, k0, k1, pfr); break;
     default: break;
   }
+}
+
+// K range per pass. A 4x4 block's x rows and W rows must fit L1 (32 KiB) together, or x comes back from L2 for
+// every block. Same-process A/B, 1 thread, cold, p10 us unsplit -> 512-wide ranges: 1536->576 M=4 224 -> 182,
+// M=16 433 -> 408; 9728->256 M=4 598 -> 534. Hence ranges for K > 1024 and M >= 4 only (the 8x2 / 8x3 blocks of M=2, 3
+// got 5-20% slower), 512 wide whatever M (ranges shrunk with M, 128 wide at M=16, were 10-25% slower than unsplit).
+inline int64_t k_chunk(int64_t M, int64_t K) {
+  if (M < 4 || K <= 1024) return K;
+  const int64_t parts = (K + 511) / 512;
+  return ((K + parts - 1) / parts + 31) / 32 * 32;  // multiple of 32: bf16 pairs and whole vectors
 }
 
 // Rows [r0, r1) of w (n_rows rows in all): 8-row blocks, then 4, then singles.
 template <typename WT, typename LT>
 void rows(const Gemv& g, const WT* w, int64_t ldw, int64_t n_rows, const LT* B, int64_t r0, int64_t r1) {
-  int64_t n0 = r0;
-  for (; n0 + 8 <= r1; n0 += 8) row_block<8>(g, w, ldw, B, n0, n_rows);
-  for (; n0 + 4 <= r1; n0 += 4) row_block<4>(g, w, ldw, B, n0, n_rows);
-  for (; n0 < r1; ++n0) row_block<1>(g, w, ldw, B, n0, n_rows);
+  const int64_t kc = k_chunk(g.M, g.K);
+  for (int64_t k0 = 0; k0 < g.K; k0 += kc) {
+    const int64_t k1 = std::min(g.K, k0 + kc);
+    int64_t n0 = r0;
+    for (; n0 + 8 <= r1; n0 += 8) row_block<8>(g, w, ldw, B, n0, k0, k1, n_rows);
+    for (; n0 + 4 <= r1; n0 += 4) row_block<4>(g, w, ldw, B, n0, k0, k1, n_rows);
+    for (; n0 < r1; ++n0) row_block<1>(g, w, ldw, B, n0, k0, k1, n_rows);
+  }
 }
 
 // Shrink: t[m] = s_id · x[m] Aᵀ[id_m], before the W pass (the expand needs all of t; r x K is small,

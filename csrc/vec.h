@@ -134,7 +134,7 @@ inline void dot_rows(const WT* w, int64_t ldw, const float* x, int64_t ldx, int6
   }
 }
 
-// Fused LoRA dot, out[j*ldo + i] = w_i · x_j + b_j[i] · st_j (+ bias[i]): NB weight rows, MB x rows, then the
+// Fused LoRA dot, out[j*ldo + i] (+)= w_i · x_j + b_j[i] · st_j (+ bias[i]): NB weight rows, MB x rows, then the
 // rank-r extension (b_j = B rows of row j's adapter at this W block, null = base only; st_j = s·t_j) through the
 // same accumulators, so the expand needs no separate reduction or pass over y.
 #ifdef __AVX512F__
@@ -146,7 +146,7 @@ inline void dot_rows(const WT* w, int64_t ldw, const float* x, int64_t ldx, int6
 
 template <int NB, int MB, typename LT>
 DUOMEM_INLINE void lora_finish(__m512 (&acc)[NB][MB], const LT* const* b, int64_t r, const float* st, int64_t ldt,
-                               const float* bias, float* out, int64_t ldo) {
+                               const float* bias, float* out, int64_t ldo, bool add_out) {
   bool shared = b[0] != nullptr;  // one adapter for the whole block (the common case): each B vector loaded once
   for (int j = 1; j < MB; ++j) shared = shared && b[j] == b[0];
   for (int64_t k = 0; k < r; k += 16) {
@@ -178,10 +178,14 @@ DUOMEM_INLINE void lora_finish(__m512 (&acc)[NB][MB], const LT* const* b, int64_
       for (int g = 0; g < NB / 4; ++g) {
         __m128 v = reduce4(acc[4 * g][j], acc[4 * g + 1][j], acc[4 * g + 2][j], acc[4 * g + 3][j]);
         if (bias) v = _mm_add_ps(v, _mm_loadu_ps(bias + 4 * g));
+        if (add_out) v = _mm_add_ps(v, _mm_loadu_ps(out + j * ldo + 4 * g));
         _mm_storeu_ps(out + j * ldo + 4 * g, v);
       }
     } else {
-      for (int i = 0; i < NB; ++i) out[j * ldo + i] = _mm512_reduce_add_ps(acc[i][j]) + (bias ? bias[i] : 0.f);
+      for (int i = 0; i < NB; ++i) {
+        const float prev = add_out ? out[j * ldo + i] : 0.f;
+        out[j * ldo + i] = _mm512_reduce_add_ps(acc[i][j]) + (bias ? bias[i] : 0.f) + prev;
+      }
     }
   }
 }
@@ -222,7 +226,7 @@ DUOMEM_INLINE void fma_step(__m512 (&acc)[NB][MB], const WT* w, int64_t ldw, con
 template <int NB, int MB, typename WT, typename LT>
 inline void lora_dot(const WT* w, int64_t ldw, const float* x, int64_t ldx, int64_t K, const WT* pf,
                      const LT* const* b, int64_t r, const float* st, int64_t ldt, const float* bias, float* out,
-                     int64_t ldo) {
+                     int64_t ldo, bool add_out) {
   __m512 acc[NB][MB];
 #pragma GCC unroll 8
   for (int i = 0; i < NB; ++i)
@@ -234,7 +238,7 @@ inline void lora_dot(const WT* w, int64_t ldw, const float* x, int64_t ldx, int6
     fma_step<NB, MB>(acc, w + k, ldw, x + k, ldx, 0xffff);
   }
   if (k < K) fma_step<NB, MB>(acc, w + k, ldw, x + k, ldx, static_cast<__mmask16>((1u << (K - k)) - 1u));
-  lora_finish<NB, MB>(acc, b, r, st, ldt, bias, out, ldo);
+  lora_finish<NB, MB>(acc, b, r, st, ldt, bias, out, ldo, add_out);
 }
 
 #ifdef __AVX512BF16__
@@ -262,7 +266,7 @@ DUOMEM_INLINE void dp_step(__m512 (&acc)[NB][MB], const c10::BFloat16* w, int64_
 template <int NB, int MB, typename LT>
 inline void lora_dot_bf16(const c10::BFloat16* w, int64_t ldw, const c10::BFloat16* x, int64_t ldx, int64_t K,
                           const c10::BFloat16* pf, const LT* const* b, int64_t r, const float* st, int64_t ldt,
-                          const float* bias, float* out, int64_t ldo) {
+                          const float* bias, float* out, int64_t ldo, bool add_out) {
   __m512 acc[NB][MB];
 #pragma GCC unroll 8
   for (int i = 0; i < NB; ++i)
@@ -274,17 +278,17 @@ inline void lora_dot_bf16(const c10::BFloat16* w, int64_t ldw, const c10::BFloat
     dp_step<NB, MB>(acc, w + k, ldw, x + k, ldx, 0xffffffffu);
   }
   if (k < K) dp_step<NB, MB>(acc, w + k, ldw, x + k, ldx, static_cast<__mmask32>((1u << (K - k)) - 1u));
-  lora_finish<NB, MB>(acc, b, r, st, ldt, bias, out, ldo);
+  lora_finish<NB, MB>(acc, b, r, st, ldt, bias, out, ldo, add_out);
 }
 #endif
 #else
 template <int NB, int MB, typename WT, typename LT>
 inline void lora_dot(const WT* w, int64_t ldw, const float* x, int64_t ldx, int64_t K, const WT* /*pf*/,
                      const LT* const* b, int64_t r, const float* st, int64_t ldt, const float* bias, float* out,
-                     int64_t ldo) {
+                     int64_t ldo, bool add_out) {
   for (int j = 0; j < MB; ++j)
     for (int i = 0; i < NB; ++i) {
-      float s = bias ? bias[i] : 0.f;
+      float s = (bias ? bias[i] : 0.f) + (add_out ? out[j * ldo + i] : 0.f);
       for (int64_t k = 0; k < K; ++k) s += to_f(w[i * ldw + k]) * x[j * ldx + k];
       if (b[j])
         for (int64_t k = 0; k < r; ++k) s += to_f(b[j][i * r + k]) * st[j * ldt + k];

@@ -1,7 +1,8 @@
 """The C++ lora_linear's register-blocked GEMV path (M <= 16) at its edges, against lora_linear_ref.
 
 The kernel takes 8 W rows at a time (then 4, then singles), x rows 4 at a time (then a 3/2/1 remainder), prefetches
-the next W block, and runs bf16 weights with bf16 x on vdpbf16ps: each of these has its own code.
+the next W block, splits K > 1024 into ranges for M >= 4 (partial sums added into y, LoRA and bias on the last range),
+and runs bf16 weights with bf16 x on vdpbf16ps: each of these has its own code.
 """
 import pytest
 import torch
@@ -36,7 +37,7 @@ def test_row_and_column_blocks(M, N, dtype):
     assert_close(ops.lora_linear(x, w, a, b, 0.5, bias), lora_linear_ref(x, w, a, b, 0.5, bias), dtype)
 
 
-# long K with a tail (K % 16, K % 32 != 0) and N with a prefetched next block
+# long K with a tail (K % 16, K % 32 != 0): K ranges for M >= 4, one pass for M = 1
 @pytest.mark.parametrize("M", [1, 4, 8, 13])
 @pytest.mark.parametrize("K", [1111, 4099])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
