@@ -6,8 +6,8 @@ and peft's LoRA `Linear` forward, on the default model's shapes (and its fused q
 
 Two cache regimes, applied alike to every implementation:
   hot   the same W/A/B every call: weights up to a few MB sit in L2/L3, so the kernel is compute/L3-bound;
-  cold  calls rotate through enough distinct copies of W/A/B (and of the merged W, and of peft's layer) to cover twice
-        the last-level cache read from the machine: each call streams its weights from DRAM, as a decode step does
+  cold  calls rotate through enough distinct copies of W/A/B (and of the merged W, and of peft's layer) to cover four
+        times the last-level cache read from the machine (timing.cold_copies): each call streams its weights from DRAM, as a decode step does
         for every layer of a 540 MB model. x stays hot (the previous layer just wrote it).
 Times are medians (us); vs_* ratios compare p10 times (each side at its least-disturbed: on a shared machine the
 median mostly measures the neighbours). Napkin math: bytes streamed (W + A + B) / p10 time in GB/s, and % of the
