@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
+from duomem_fast.engine.best_first import choose_best
+
 if TYPE_CHECKING:
     from duomem_fast.engine.engine import Engine
 
-CHOOSE_METHODS = ("greedy", "mean", "sum")
+CHOOSE_METHODS = ("best", "greedy", "mean", "sum")
 
 
 class Conversation:
@@ -46,7 +48,8 @@ class Conversation:
     def choose(self, candidates: Sequence[str], method: str = "greedy") -> tuple[int, list[float]]:
         """Pick the assistant's reply among `candidates`; it joins the history. -> (index, scores).
 
-        method: "greedy" (decoding constrained to the candidates' token trie, Session.choose), "mean" (mean
+        method: "best" (the most likely whole reply, exact best-first search over the token trie,
+        engine/best_first.py), "greedy" (decoding constrained to the trie, Session.choose), "mean" (mean
         log-prob per token, Session.score) or "sum" (summed log-prob: favours short candidates).
         """
         if method not in CHOOSE_METHODS:
@@ -54,7 +57,9 @@ class Conversation:
         if not candidates:
             raise ValueError("choose needs at least one candidate")
         self._sync(add_generation_prompt=True)
-        if method == "greedy":
+        if method == "best":
+            best, scores = choose_best(self.session, candidates)  # appends the winner's ids itself
+        elif method == "greedy":
             best, scores = self.session.choose(candidates)  # appends the winner's ids itself
         else:
             best, scores = self._choose_by_score(candidates, method)
