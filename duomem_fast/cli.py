@@ -166,7 +166,7 @@ def _play_args(p: argparse.ArgumentParser, out: str) -> None:
 
 
 AGENT_HELP = ("agent spec: expert | random | duomem | base | memories | lora | engine[,model=M,adapter=A|none,"
-              "memory=BANK|none,k=2,mode=score|generate,dtype=bfloat16,merge=1] | hf:PATH[,adapter=..] | openai:URL[,model=NAME,"
+              "memory=BANK|none,k=2,mode=score|generate,choose=best|greedy|sum|mean,dtype=bfloat16,merge=1] | hf:PATH[,adapter=..] | openai:URL[,model=NAME,"
               "timeout=60,retries=4,rate=REQ_PER_S]")
 
 

@@ -3,12 +3,16 @@
 Context layout: system prompt (+ playbook when placement="system": what repeats across episodes comes first, so
 its KV is served from the engine's prefix cache), then the first observation with the task (+ playbook when
 placement="after_obs"), then per step only the new observation. The action is either the admissible command the
-model scores highest (mode="score", `conv.choose`; "help" is not offered) or parsed from a short generation
+model finds most likely (mode="score", `conv.choose` with method `choose`: "best" = the whole command with the
+highest probability, exact; "greedy" = constrained greedy decoding, cheaper but biased to the first token most
+commands share, "go"; "help" is not offered) or parsed from a short generation
 (mode="generate", `conv.reply`). Token counts and model seconds come from the engine's own counters.
 """
 from __future__ import annotations
 
 from typing import Any
+
+from duomem_fast.engine.chat import CHOOSE_METHODS
 
 from .parse import parse_action
 from .prompts import check_placement, first_user_message, system_message
@@ -21,14 +25,17 @@ class EnginePolicy:
     """engine: a duomem_fast Engine; playbook: text placed per `placement`; mode: "score" | "generate"."""
 
     def __init__(self, engine, playbook: str | None = None, mode: str = "score", placement: str = "system",
-                 max_new_tokens: int = 24, name: str | None = None):
+                 max_new_tokens: int = 24, name: str | None = None, choose: str = "best"):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+        if choose not in CHOOSE_METHODS:
+            raise ValueError(f"unknown choose method {choose!r}; expected one of {CHOOSE_METHODS}")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self.engine, self.playbook, self.mode = engine, playbook, mode
         self.placement = check_placement(placement)
         self.max_new_tokens = max_new_tokens
+        self.choose = choose
         self.name = name or f"engine-{mode}"
         self.conv = None
         self.step_tokens: list[int] = []  # tokens encoded per act() (new turn text, + the candidates when scoring)
@@ -55,7 +62,7 @@ class EnginePolicy:
 
     def _choose(self, admissible: list[str]) -> str:
         candidates = [a for a in admissible if a not in SKIP] or ["look"]
-        return _as_choice(self.conv.choose(candidates), candidates)
+        return _as_choice(self.conv.choose(candidates, method=self.choose), candidates)
 
     def _generate(self, admissible: list[str]) -> str:
         reply = self.conv.reply(max_new_tokens=self.max_new_tokens, stop=["\n\n"])

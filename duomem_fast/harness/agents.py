@@ -2,7 +2,7 @@
 
     expert[,seed=0]                          ALFWorld's handcoded expert (reads the game state)
     random[,seed=0]                          a uniformly random admissible command (a floor to compare against)
-    engine[,model=M,adapter=A|none,memory=B|none,k=2,mode=score|generate,merge=0|1,dtype=bfloat16,
+    engine[,model=M,adapter=A|none,memory=B|none,k=2,mode=score|generate,choose=best|greedy|sum|mean,merge=0|1,dtype=bfloat16,
            parts=script|trajectory|both,placement=system|after_obs]
                                              our engine; defaults: the shipped DuoMem student
                                              (default model + shipped adapter + memory bank, where present)

@@ -75,16 +75,17 @@ def build_engine_agent(spec: AgentSpec) -> Agent:
     memory = _option_path(spec, "memory", default_bank_path, "memory bank")
     merge, dtype = spec.options.get("merge", "0") in ("1", "true"), spec.options.get("dtype")
     mode, parts, k = spec.options.get("mode", "score"), spec.options.get("parts", "script"), _int(spec, "k", 2)
-    placement = spec.options.get("placement", "system")
+    placement, choose = spec.options.get("placement", "system"), spec.options.get("choose", "best")
     engine = _engine(model, adapter, merge, dtype)
     bank = MemoryBank.load(memory) if memory else None
     lock, name = threading.Lock(), spec.label
 
     def make_policy(env):
-        inner = EnginePolicy(GuardedEngine(engine, lock), mode=mode, placement=placement, name=name)
+        inner = EnginePolicy(GuardedEngine(engine, lock), mode=mode, placement=placement, name=name,
+                             choose=choose)
         return MemoryPolicy(inner, bank, k, parts)
 
     config = {"kind": "engine", "engine": engine.fingerprint, "prompt": _prompt_sha(placement), "model": str(engine.model_dir), "adapter": adapter,
-              "bank": bank.content_sha() if bank else None, "k": k, "mode": mode, "parts": parts,
+              "bank": bank.content_sha() if bank else None, "k": k, "mode": mode, "choose": choose, "parts": parts,
               "placement": placement}
     return Agent(name, spec, config, _remote_env_plan(make_policy))

@@ -53,6 +53,8 @@ def test_bad_arguments(engine):
         EnginePolicy(engine, mode="sample")
     with pytest.raises(ValueError, match="'middle'"):
         EnginePolicy(engine, placement="middle")
+    with pytest.raises(ValueError, match="unknown choose method 'beam'"):
+        EnginePolicy(engine, choose="beam")
     with pytest.raises(ValueError, match="act\\(\\) before begin\\(\\)"):
         EnginePolicy(engine).act("obs", ["look"])
 
