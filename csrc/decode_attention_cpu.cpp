@@ -93,10 +93,33 @@ void pv_rows(HeadState& st, const float* p, const float* v, int64_t ld, int64_t 
 #endif
 }
 
+#ifdef __AVX512F__
+// s[g][0..16) = q_g · k_0..15 for the G rows (no padding): one transpose-add tree per 16 dots of one row. The 4 keys x
+// 4 rows block pads G=3 to 4 rows, wasting a quarter of its FMAs and tree (hot, 3,500 keys: 184-193 -> 168 us/layer).
+void scores16(const HeadState& st, const float* k, int64_t ld, float* s) {
+  const int64_t D = st.D;
+  for (int64_t g = 0; g < st.G; ++g) {
+    const float* q = st.q.data() + g * D;
+    __m512 acc[16];
+    for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; d += 16) {
+      const __mmask16 m = D - d >= 16 ? 0xffff : static_cast<__mmask16>((1u << (D - d)) - 1u);
+      const __m512 qv = _mm512_maskz_loadu_ps(m, q + d);
+      for (int j = 0; j < 16; ++j) acc[j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, k + j * ld + d), qv, acc[j]);
+    }
+    _mm512_storeu_ps(s + g * kBlock, reduce16(acc));
+  }
+}
+#endif
+
 // One key block of one KV head: scores, online-softmax update, P·V.
 void attend_block(HeadState& st, const float* k, const float* v, int64_t ld, int64_t nb, float scale, float* s) {
   const int64_t D = st.D;
   int64_t n = 0;
+#ifdef __AVX512F__
+  if (st.G % 4 != 0)
+    for (; n + 16 <= nb; n += 16) scores16(st, k + n * ld, ld, s + n);
+#endif
   for (; n + kRowBlock <= nb; n += kRowBlock) dot_rows<kRowBlock>(k + n * ld, ld, st.q.data(), D, D, st.R4, s + n, kBlock);
   for (; n < nb; ++n) dot_rows<1>(k + n * ld, ld, st.q.data(), D, D, st.R4, s + n, kBlock);
   for (int64_t g = 0; g < st.G; ++g) {
