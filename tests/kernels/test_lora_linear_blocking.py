@@ -10,17 +10,9 @@ import torch
 from conftest import assert_close
 from duomem_fast import ops
 from duomem_fast.kernels.reference import lora_linear_ref
+from test_lora_linear import make  # same input scaling as the main lora_linear tests
 
 pytestmark = pytest.mark.skipif(not ops.HAS_NATIVE, reason="duomem_fast._C not built")
-
-
-def make(M, K, N, r, dtype, n_adapters=None, wdtype=None):
-    lead = (n_adapters,) if n_adapters else ()
-    x = torch.randn(M, K).to(dtype)
-    w = (torch.randn(N, K) / K ** 0.5).to(wdtype or dtype)
-    a = (torch.randn(*lead, r, K) / K ** 0.5).to(dtype)
-    b = (torch.randn(*lead, N, r) / r ** 0.5).to(dtype)
-    return x, w, a, b, torch.randn(N).to(dtype)
 
 
 @pytest.fixture(autouse=True)
