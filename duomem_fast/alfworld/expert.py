@@ -94,6 +94,11 @@ class ExpertPolicy:
         self._last = action
         return action
 
+    def executed(self, action: str) -> None:
+        """Tell the expert which command was really played after its act() (DAgger: the student's may differ);
+        its state tracker reads it with the next state."""
+        self._last = action
+
     def usage(self) -> dict:
         return {"tokens_in": 0, "tokens_reused": 0, "tokens_out": 0, "model_seconds": 0.0}
 

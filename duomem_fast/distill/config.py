@@ -32,6 +32,7 @@ class TrainConfig:
     checkpoint_every: int = 5                # optimizer steps
     seed: int = 0
     threads: int | None = None               # torch threads; None = 1 on a busy CPU, else all (see train.py)
+    init_adapter: str | None = None          # start from this PEFT adapter's weights (same rank and targets)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):

@@ -6,7 +6,8 @@ command and the next observation. Tokens are produced piece by piece as the engi
 (each rendered-template difference encoded on its own, each command encoded alone), so training and inference see
 the same ids. Labels: the command tokens and the end-of-turn token after them; everything else is -100, and so are
 the teacher's detours (`memory.build.useful_steps`: look/inventory/help, handling objects the task does not
-name), which stay in the context as the agent would have seen them.
+name), which stay in the context as the agent would have seen them. In DAgger records (dagger.py) the student's
+own commands that differ from the expert's label also stay in the context without loss.
 """
 from __future__ import annotations
 
@@ -71,9 +72,21 @@ def encode_messages(tokenizer, messages: list[dict], max_len: int, train: list[b
     return Example(ids[:max_len], labels[:max_len], truncated=truncated)
 
 
+def learned_steps(rec: dict) -> list[bool]:
+    """Which commands get a loss: the teacher's useful steps; in a DAgger record (with `labels`, dagger.py) only
+    those where the played command is the expert's label for that state."""
+    useful = useful_steps(rec["task"], rec["actions"])
+    labels = rec.get("labels")
+    if labels is None:
+        return useful
+    if len(labels) != len(rec["actions"]):
+        raise ValueError(f"record for game {rec.get('game')!r}: {len(labels)} labels for {len(rec['actions'])} actions")
+    return [u and lab is not None and lab == a for u, lab, a in zip(useful, labels, rec["actions"])]
+
+
 def encode_record(tokenizer, rec: dict, max_len: int, playbook: str | None = None,
                   placement: str = "system", skip_detours: bool = True) -> Example:
-    train = useful_steps(rec["task"], rec["actions"]) if skip_detours else None
+    train = learned_steps(rec) if skip_detours else None
     ex = encode_messages(tokenizer, episode_messages(rec, playbook, placement), max_len, train)
     ex.game = str(rec.get("game", ""))
     return ex

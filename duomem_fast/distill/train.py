@@ -91,7 +91,27 @@ def load_student(cfg: TrainConfig):
                       target_modules=linear_targets(base) if cfg.targets == "all-linear" else cfg.targets,
                       task_type="CAUSAL_LM")
     model = get_peft_model(base, lora)
+    if cfg.init_adapter:
+        load_init_adapter(model, cfg.init_adapter, cfg.rank, lora.target_modules)
     return tokenizer, model, DEFAULT_BASE_NAME if cfg.model is None else str(cfg.model)
+
+
+def load_init_adapter(model, path: str, rank: int, targets) -> None:
+    """Continue from a trained adapter (DAgger rounds): its rank and target modules must be the config's."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    conf_path, weights = Path(path) / "adapter_config.json", Path(path) / "adapter_model.safetensors"
+    if not conf_path.is_file() or not weights.is_file():
+        raise ValueError(f"init_adapter {path!r}: no adapter_config.json + adapter_model.safetensors there")
+    conf = json.loads(conf_path.read_text())
+    if conf.get("r") != rank or set(conf.get("target_modules") or ()) != set(targets):
+        raise ValueError(f"init_adapter {path!r} has r={conf.get('r')}, targets {sorted(conf.get('target_modules') or ())}; "
+                         f"the config trains r={rank} on {sorted(targets)}")
+    state = {k: v.float() for k, v in load_file(str(weights)).items()}
+    result = set_peft_model_state_dict(model, state)
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if missing:
+        raise ValueError(f"init_adapter {path!r} lacks {len(missing)} LoRA tensors, e.g. {missing[0]}")
 
 
 def linear_targets(model) -> list[str]:
@@ -105,9 +125,9 @@ def linear_targets(model) -> list[str]:
 
 def build_examples(records: list[dict], tokenizer, cfg: TrainConfig, bank=None) -> list[Example]:
     """Won records -> examples (deterministic); a hash-chosen share carries a leave-one-game-out playbook."""
-    won = [r for r in records if r.get("won")]
+    won = [r for r in records if r.get("won") or r.get("labels")]      # DAgger records teach even when lost
     if not won:
-        raise ValueError("no won episode records to train on")
+        raise ValueError("no won episode records (or DAgger records) to train on")
     rng = random.Random(cfg.seed)
     won = sorted(won, key=lambda r: (str(r.get("game")), r.get("actions")))
     rng.shuffle(won)
@@ -115,7 +135,10 @@ def build_examples(records: list[dict], tokenizer, cfg: TrainConfig, bank=None) 
         won = won[:cfg.max_examples]
     out = []
     for rec in won:
-        playbook = _playbook_for(rec, cfg, bank) if _with_memory(rec, cfg) else None
+        if "playbook" in rec:                                   # DAgger: the playbook the student played with
+            playbook = rec["playbook"]
+        else:
+            playbook = _playbook_for(rec, cfg, bank) if _with_memory(rec, cfg) else None
         out.append(encode_record(tokenizer, rec, cfg.max_len, playbook, cfg.placement))
     kept = [ex for ex in out if ex.n_targets > 0]
     if not kept:
