@@ -6,7 +6,10 @@ object, re-visits a receptacle) it is in states it never saw a label for, and it
 is where 85% of the shipped student's model time went. Here both propose a command at every step. Where they
 agree, it is played and learned. Where they differ, the expert's command is played with probability `beta` (a
 correction in a state the student reached: learned) and the student's otherwise (its mistake stays in the context
-without loss, so the expert's next labels teach the way back). Labels stop once the expert gives up.
+without loss, so the expert's next labels teach the way back). Labels stop once the expert gives up, and once the
+student moved or changed an object against the expert's label: alfworld's handcoded expert tracks objects through its
+own actions, so after a student's stray `move creditcard 2 to sofa 1` it searches drawers for the card it thinks
+it holds and its labels loop (seen in the first probe games). Stray walks, opens and looks keep the labels.
 
 Records are the usual episode records plus `labels` (the expert's command per step, None once it failed) and
 `playbook` (the text the student saw: other games' memories only); `dataset.learned_steps` learns exactly the
@@ -56,6 +59,9 @@ class DaggerConfig:
         return {k: v for k, v in asdict(self).items() if k not in ("shard", "shards")}
 
 
+MOVES_OBJECTS = ("take", "move", "put", "heat", "cool", "clean", "slice")
+
+
 class DaggerPolicy:
     """student: an EnginePolicy (its playbook is set here); expert: an ExpertPolicy; bank: a MemoryBank or None."""
 
@@ -66,7 +72,7 @@ class DaggerPolicy:
         self.student, self.expert, self.bank = student, expert, bank
         self.k, self.parts, self.beta, self.seed = k, parts, beta, seed
         self.labels: list[str | None] = []
-        self._rng = random.Random(seed)
+        self._rng, self._stopped = random.Random(seed), False
 
     def attach(self, env) -> None:
         self.expert.attach(env)
@@ -76,16 +82,20 @@ class DaggerPolicy:
         self.student.begin(task, task_type, observation, admissible)
         self.expert.begin(task, task_type, observation, admissible)
         self.labels, self._rng = [], random.Random(f"{self.seed}:{task}:{observation}")
+        self._stopped = False
 
     def act(self, observation: str, admissible: list[str]) -> str:
         mine = self.student.act(observation, admissible)
-        label = None if self.expert.failed else self.expert.act(observation, admissible)
+        label = None if self._stopped else self.expert.act(observation, admissible)
         label = None if self.expert.failed else label
         played = mine
         if label is not None and label != mine and self._rng.random() < self.beta:
             played = label
             self.student.conv.messages[-1]["content"] = label   # the student's context shows what was played
-        self.expert.executed(played)
+        if label is not None:
+            self.expert.executed(played)
+            self._stopped = played != label and played.split(" ", 1)[0] in MOVES_OBJECTS
+        self._stopped = self._stopped or self.expert.failed
         self.labels.append(label)
         return played
 

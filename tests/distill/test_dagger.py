@@ -87,3 +87,32 @@ def test_bad_dagger_config_and_init_adapter(tiny_model, tmp_path):
     (tmp_path / "adapter_model.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="r=4"):
         load_student(TrainConfig(model=str(tiny_model), init_adapter=str(tmp_path)))
+
+
+class _Scripted:
+    """A policy that plays a fixed list of commands (student or expert stand-in)."""
+    failed, playbook = False, None
+
+    def __init__(self, commands):
+        self.commands, self.told = list(commands), []
+
+    def begin(self, *args):
+        pass
+
+    def act(self, observation, admissible):
+        return self.commands.pop(0)
+
+    def executed(self, action):
+        self.told.append(action)
+
+
+def test_labels_stop_after_the_student_moves_an_object_against_the_expert():
+    from duomem_fast.distill.dagger import DaggerPolicy
+    student = _Scripted(["go to sofa 1", "go to desk 1", "take pen 1 from desk 1", "go to shelf 1", "go to desk 1"])
+    expert = _Scripted(["go to sofa 1", "go to shelf 1", "go to shelf 1", "go to shelf 1", "go to shelf 1"])
+    policy = DaggerPolicy(student, expert, beta=0.0)
+    policy.begin("put a pen in shelf", "pick_and_place_simple", "obs", [])
+    played = [policy.act("obs", []) for _ in range(5)]
+    assert played == ["go to sofa 1", "go to desk 1", "take pen 1 from desk 1", "go to shelf 1", "go to desk 1"]
+    assert policy.labels == ["go to sofa 1", "go to shelf 1", "go to shelf 1", None, None]   # a stray walk keeps them
+    assert expert.told == played[:3]
