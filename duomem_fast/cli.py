@@ -20,19 +20,24 @@ ABLATION = ("base", "memories", "lora", "duomem")
 SUITE_GAMES = 12
 
 
-def _config(data, split, games, max_steps, workers, out, progress) -> EvalConfig:
+def _config(data, split, games, max_steps, workers, out, progress, threads=None) -> EvalConfig:
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}")
+        import torch
+        torch.set_num_threads(threads)    # the engine's: its calls are serialised, the envs run in workers
     return EvalConfig(Path(data) if data else default_data_root(), split, games, max_steps, workers, Path(out),
                       progress)
 
 
 def eval_cmd(agent: str = "duomem", data: str | None = None, split: str = "valid_unseen", games: int = 6,
              max_steps: int = 50, workers: int = 2, out: str = "runs/eval", progress: bool = True,
-             suite_games: int = SUITE_GAMES, seed: int = 0) -> int:
+             suite_games: int = SUITE_GAMES, seed: int = 0, threads: int | None = None) -> int:
     """Play the first `games` games of `split` with one agent; write the report into `out`."""
     from .harness.agents import build_agent, parse_agent
     from .harness.evaluate import ensure_suite, evaluate
 
-    cfg = _config(data, split, games, max_steps, workers, out, progress)
+    cfg = _config(data, split, games, max_steps, workers, out, progress, threads)
     spec = parse_agent(agent)                      # a bad spec fails before any game is built
     ensure_suite(cfg, max(suite_games, games), seed)
     summary = evaluate([build_agent(spec)], cfg, command_name="eval")
@@ -42,12 +47,12 @@ def eval_cmd(agent: str = "duomem", data: str | None = None, split: str = "valid
 def compare_cmd(student: str = "duomem", teacher: str = "expert", ablation: bool = False, data: str | None = None,
                 split: str = "valid_unseen", games: int = 6, max_steps: int = 50, workers: int = 2,
                 out: str = "runs/compare", progress: bool = True, suite_games: int = SUITE_GAMES,
-                seed: int = 0) -> int:
+                seed: int = 0, threads: int | None = None) -> int:
     """Student vs teacher on the same games in the same order (ablation: base/+memories/+LoRA/DuoMem too)."""
     from .harness.agents import build_agent, parse_agent
     from .harness.evaluate import ensure_suite, evaluate
 
-    cfg = _config(data, split, games, max_steps, workers, out, progress)
+    cfg = _config(data, split, games, max_steps, workers, out, progress, threads)
     specs = [parse_agent(s) for s in [student, teacher] + ([a for a in ABLATION if a != student] if ablation else [])]
     ensure_suite(cfg, max(suite_games, games), seed)
     summary = evaluate([build_agent(s) for s in specs], cfg, pair=True, command_name="compare")
@@ -163,6 +168,7 @@ def _play_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--suite-games", type=int, default=SUITE_GAMES, help="size of a suite built when none exists")
     p.add_argument("--seed", type=int, default=0, help="seed of a suite built when none exists")
+    p.add_argument("--threads", type=int, help="torch threads of engine agents (default: torch's, one per core)")
 
 
 AGENT_HELP = ("agent spec: expert | random | duomem | base | memories | lora | engine[,model=M,adapter=A|none,"

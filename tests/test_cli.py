@@ -19,6 +19,8 @@ def test_bad_agent_spec_is_one_clear_error(tmp_path, capsys):
     assert main(["eval", "--agent", "wizard", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "unknown agent kind 'wizard'" in err and "Traceback" not in err
+    assert main(["eval", "--threads", "0", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "--threads must be >= 1, got 0" in capsys.readouterr().err
 
 
 @pytest.fixture
