@@ -20,6 +20,7 @@ steps where the played command equals the label. Appended as episodes end; a rer
 from __future__ import annotations
 
 import argparse
+import hashlib
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -111,17 +112,20 @@ class DaggerPolicy:
 
 
 def collect_dagger(data_root, out_jsonl: str | Path, engine, bank, config: DaggerConfig | None = None,
-                   progress: bool = True) -> list[dict]:
-    """Play (or resume) this shard's games; returns its records (earlier ones read back, new ones played)."""
+                   progress: bool = True, also_done: tuple = ()) -> list[dict]:
+    """Play (or resume) this shard's games; returns its records (earlier ones read back, new ones played).
+    also_done: more record files whose games (same config) count as played."""
     from tqdm import tqdm
 
     from duomem_fast.alfworld.agent import EnginePolicy
     from duomem_fast.alfworld.expert import ExpertPolicy
     cfg = config or DaggerConfig()
-    games = list_games(data_root, cfg.split)[:cfg.max_games][cfg.shard::cfg.shards]
+    games = [g for g in list_games(data_root, cfg.split)[:cfg.max_games] if shard_of(g.id, cfg.shards) == cfg.shard]
     fp = config_fingerprint({**cfg.fingerprint_fields(), "engine": engine.fingerprint,
                              "bank": bank.content_sha() if bank else None})
     done = {r["game"]: r for r in read_records(out_jsonl) if r.get("config") == fp}
+    for other in also_done:                       # other runs' files: their games are not played again
+        done.update({r["game"]: r for r in read_records(other) if r.get("config") == fp and r["game"] not in done})
     student = EnginePolicy(engine, name="student")
     policy = DaggerPolicy(student, ExpertPolicy(seed=cfg.seed), bank, cfg.k, cfg.parts, cfg.beta, cfg.seed)
     records = []
@@ -135,6 +139,11 @@ def collect_dagger(data_root, out_jsonl: str | Path, engine, bank, config: Dagge
             records.append(done[game.id])
             bar.set_postfix(won=sum(r["won"] for r in records), agree=f"{agreement(records):.2f}")
     return records
+
+
+def shard_of(game_id: str, shards: int) -> int:
+    """A game's shard by a hash of its id: stable while a suite grows (list slices are not)."""
+    return int(hashlib.sha1(game_id.encode()).hexdigest()[:8], 16) % shards
 
 
 def agreement(records: list[dict]) -> float:
@@ -155,6 +164,7 @@ def main(argv=None) -> None:
     p.add_argument("--adapter", default=None, help="student's PEFT adapter (default: the shipped one)")
     p.add_argument("--bank", default=None, help="memory bank (default: the shipped one)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--also-done", nargs="*", default=(), help="other record files whose games count as played")
     a = p.parse_args(argv)
     import torch
 
@@ -166,7 +176,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(a.threads)
     engine = Engine.from_pretrained(adapter=a.adapter or str(default_adapter_dir()))
     bank = MemoryBank.load(a.bank or default_bank_path())
-    recs = collect_dagger(a.data, a.out, engine, bank, cfg)
+    recs = collect_dagger(a.data, a.out, engine, bank, cfg, also_done=tuple(a.also_done))
     print(f"{len(recs)} episodes, {sum(r['won'] for r in recs)} won, agreement {agreement(recs):.3f}")
 
 

@@ -116,3 +116,11 @@ def test_labels_stop_after_the_student_moves_an_object_against_the_expert():
     assert played == ["go to sofa 1", "go to desk 1", "take pen 1 from desk 1", "go to shelf 1", "go to desk 1"]
     assert policy.labels == ["go to sofa 1", "go to shelf 1", "go to shelf 1", None, None]   # a stray walk keeps them
     assert expert.told == played[:3]
+
+
+def test_shards_partition_the_games_and_do_not_move_when_the_suite_grows():
+    from duomem_fast.distill.dagger import shard_of
+    ids = [f"train/task-{i}/trial_S1_{i:05d}/game.tw-pddl" for i in range(40)]
+    first = {g: shard_of(g, 3) for g in ids[:20]}
+    assert {g: shard_of(g, 3) for g in ids}.items() >= first.items()
+    assert set(first.values()) == {0, 1, 2}
