@@ -54,9 +54,10 @@ class WeightReuse {
     if (mode != PrefetchMode::kAuto) return mode == PrefetchMode::kAlways;
     std::lock_guard<std::mutex> lock(mu_);
     Entry& e = table_[slot(key)];
-    const bool cached = budget_ > 0 && e.key == key && e.nbytes == nbytes && clock_ - e.clock + nbytes <= budget_;
+    // keyed by W alone: the same W with and without its adapter (or another rank) is the same W in the cache
+    const bool cached = budget_ > 0 && e.key == key && clock_ - e.clock + nbytes <= budget_;
     clock_ += nbytes;
-    e = Entry{key, nbytes, clock_};
+    e = Entry{key, clock_};
     ++calls_;
     prefetched_ += !cached;
     return !cached;
@@ -73,7 +74,6 @@ class WeightReuse {
  private:
   struct Entry {
     const void* key = nullptr;
-    int64_t nbytes = 0;
     int64_t clock = 0;  // clock_ just after this weight's last read
   };
   // 1024 slots: a 30-layer model has ~210 weight matrices, so collisions are rare (and only ever cost a prefetch)
