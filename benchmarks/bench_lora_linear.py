@@ -2,7 +2,7 @@
 and peft's LoRA `Linear` forward, on the default model's shapes (and its fused q/k/v, gate/up) and Qwen3-4B's.
 
     python benchmarks/bench_lora_linear.py [--quick] [--dtype float32|bfloat16] [--mode hot|cold|both]
-                                           [--json runs/bench_lora_linear.json]
+                                           [--prefetch auto|always|never] [--json runs/bench_lora_linear.json]
 
 Two cache regimes, applied alike to every implementation:
   hot   the same W/A/B every call: weights up to a few MB sit in L2/L3, so the kernel is compute/L3-bound;
@@ -12,7 +12,8 @@ Two cache regimes, applied alike to every implementation:
 Times are medians (us); vs_* ratios compare p10 times (each side at its least-disturbed: on a shared machine the
 median mostly measures the neighbours). Napkin math: bytes streamed (W + A + B) / p10 time in GB/s, and % of the
 read bandwidth measured in the same process with the same thread count (hot rows can exceed 100%: they read L2/L3).
-x_M1 is ours at this M over ours at M=1 (same shape, same regime).
+x_M1 is ours at this M over ours at M=1 (same shape, same regime). --prefetch pins the C++ kernel's next-block prefetch
+(default auto: by reuse distance, csrc/weight_reuse.h), to see what it gains cold and costs hot.
 Also collected by `pytest benchmarks/ --benchmark-only` through the test_* functions at the bottom.
 """
 from __future__ import annotations
@@ -133,10 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", default="both", choices=["hot", "cold", "both"], help="cache regime (default both)")
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads first (default: torch's)")
+    p.add_argument("--prefetch", default="auto", choices=["auto", "always", "never"],
+                   help="C++ lora_linear's next-block prefetch (default auto)")
     p.add_argument("--json", default=None, help="write rows + machine info here")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if ops.HAS_NATIVE:
+        ops._C.set_lora_prefetch(args.prefetch)
     dtype = getattr(torch, args.dtype)
     modes = MODES if args.mode == "both" else (args.mode,)
     if args.quick:
@@ -149,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         write_json(args.json, {"bench": "lora_linear", "dtype": args.dtype, "bandwidth_Bps": measure_bandwidth(),
                                "llc_bytes": llc_bytes(), "backend": ops.backend("cpu"), "modes": list(modes),
+                               "prefetch": args.prefetch,
                                "rows": rows})
     return 0
 
