@@ -48,11 +48,14 @@ class WeightReuse {
   explicit WeightReuse(int64_t llc) : budget_(llc / 2) {}
 
   // Whether the call reading `nbytes` of weights keyed by `key` (W's data pointer) should prefetch them; records the
-  // read either way. ~30 ns (one uncontended lock, one table line) against the 5-5000 us of the call.
+  // read. ~30 ns (one uncontended lock, one table line) against the 5-5000 us of the call.
   bool should_prefetch(const void* key, int64_t nbytes) {
     const PrefetchMode mode = mode_.load(std::memory_order_relaxed);
     if (mode != PrefetchMode::kAuto) return mode == PrefetchMode::kAlways;
-    std::lock_guard<std::mutex> lock(mu_);
+    // try-lock: a call that finds another thread deciding prefetches unrecorded rather than waits (and a child forked
+    // while the lock was held cannot deadlock here)
+    std::unique_lock<std::mutex> lock(mu_, std::try_to_lock);
+    if (!lock.owns_lock()) return true;
     Entry& e = table_[slot(key)];
     // keyed by W alone: the same W with and without its adapter (or another rank) is the same W in the cache
     const bool cached = budget_ > 0 && e.key == key && clock_ - e.clock + nbytes <= budget_;
