@@ -3,7 +3,8 @@
 // Decode is GEMV-bound: every call streams W (N, K) from memory once, so the kernel is built around that stream.
 //  - Rows of W are taken 8 at a time and each block meets every row of x while it is hot, in 4x4 register blocks
 //    (4 W rows x 4 x rows = 16 accumulators: each W vector loaded feeds 4 FMAs), so memory sees W once whatever M is
-//    (stock GEMV re-reads W per row: ~3.5x for M=4). Each block prefetches the next one into L2 (cold weights);
+//    (stock GEMV re-reads W per row: ~3.5x for M=4). Each block prefetches the next one into L2 unless W is
+//    likely cached already (weight_reuse.h: prefetch gains 1.6-2.8x cold, costs 10-15% hot);
 //    long K is split so a block's x and W slices share L1 (k_chunk).
 //  - The shrink t = s·x Aᵀ runs through the same kernel as W (A's r rows are just more rows) before the W pass; the
 //    expand is r more steps of the W block's own dot products ([W | B] · [x | s·t]), so it needs no separate
@@ -18,6 +19,7 @@
 
 #include "parallel.h"
 #include "vec.h"
+#include "weight_reuse.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -42,6 +44,7 @@ struct Gemv {
   const int64_t* ids;        // (M,) or null (every row uses adapter 0)
   const float* st;           // (M, r): s_id · x Aᵀ, the expand's input; null = no LoRA extension
   int64_t r, N;              // rank, rows of B per adapter
+  bool prefetch = true;      // prefetch the next W block (weights likely not cached: weight_reuse.h)
 };
 
 // out rows [m0, m0+MB), columns [n0, n0+NB), over K range [k0, k1); the LoRA extension and bias join on the last range.
@@ -77,7 +80,7 @@ template <int NB, typename WT, typename LT>
 inline void row_block(const Gemv& g, const WT* w, int64_t ldw, const LT* B, int64_t n0, int64_t k0, int64_t k1,
                       int64_t rows_end) {
   // the next block's rows, if w has NB more rows after this block's
-  const WT* pf = n0 + 2 * NB <= rows_end ? w + (n0 + NB) * ldw + k0 : nullptr;
+  const WT* pf = g.prefetch && n0 + 2 * NB <= rows_end ? w + (n0 + NB) * ldw + k0 : nullptr;
   int64_t m0 = 0;
   for (; m0 + 4 <= g.M; m0 += 4) {
     if constexpr (NB % 4 == 0) {
@@ -264,6 +267,8 @@ at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
     scales = at::tensor(scale_buf.empty() ? std::vector<float>{1.f} : scale_buf);
     y.view({M, N}).copy_(gemm_path(xf, w, A, B, scales, bf, ids, multi));
   } else if (M > 0 && N > 0) {
+    const int64_t nbytes = w.nbytes() + (A.defined() ? A.nbytes() + B.nbytes() : 0);
+    g.prefetch = weight_reuse().should_prefetch(w.data_ptr(), nbytes);
     const float* sc = scale_buf.data();
     switch (w.scalar_type()) {
       case at::kFloat: dispatch_lora(g, w.data_ptr<float>(), w.stride(0), A, B, sc, t_buf.data()); break;

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "decode_cpu.h"
+#include "weight_reuse.h"
 
 namespace duomem {
 at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& lora_a,
@@ -140,4 +141,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "duomem-fast native ops: see torch.ops.duomem";
   m.def("lora_linear_cpu", &duomem::lora_linear_cpu, "lora_linear on CPU tensors, bypassing the dispatcher");
   m.def("decode_step_cpu", &duomem::decode_step_py, "decode_step on CPU tensors, bypassing the dispatcher");
+  m.def("set_lora_prefetch", [](const std::string& mode) {
+    using duomem::PrefetchMode;
+    TORCH_CHECK(mode == "auto" || mode == "always" || mode == "never", "prefetch mode must be 'auto', 'always' or "
+                "'never', got '", mode, "'");
+    duomem::weight_reuse().set_mode(mode == "auto" ? PrefetchMode::kAuto
+                                    : mode == "always" ? PrefetchMode::kAlways : PrefetchMode::kNever);
+  }, "lora_linear's next-block prefetch: 'auto' (by reuse distance, csrc/weight_reuse.h), 'always' or 'never'");
+  m.def("lora_prefetch_counts", [] { return duomem::weight_reuse().counts(); },
+        "(calls decided in 'auto' mode, of which prefetched) since import");
+  m.def("lora_prefetch_budget", [] { return duomem::weight_reuse().budget(); },
+        "bytes of weights (own + read since) below which a weight counts as cached: half the last-level cache");
 }

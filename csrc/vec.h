@@ -195,7 +195,8 @@ DUOMEM_INLINE void lora_finish(__m512 (&acc)[NB][MB], const LT* const* b, int64_
 // W block (pf, null = none) into L2: one line per row per step, a whole block (8 rows x 2.3 KiB at K=576) ahead.
 // Measured on this Zen 4, 1 thread, weights rotated over 64 MiB: 576x576 M=1 84 -> 46 us, M=4 121 -> 43 us; hot
 // (L3-resident) M=1 costs 10-15% more (16.6 -> 18.2 us), M=4 ~2%. T0/NTA hints (into L1) gained little cold and cost
-// 40% hot; prefetching every other line lost most of the cold gain.
+// 40% hot; prefetching every other line lost most of the cold gain. Whether a call prefetches is decided per call by
+// weight_reuse.h (reuse distance), so cached weights skip it.
 template <int NB>
 DUOMEM_INLINE void prefetch_rows(const void* pf, int64_t ld_bytes) {
   if (!pf) return;

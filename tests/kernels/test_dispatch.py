@@ -38,3 +38,57 @@ def test_unknown_backend_is_value_error():
 def test_auto_backend_per_device():
     assert ops.backend("cpu") == ("native" if ops.HAS_NATIVE else "reference")
     assert ops.backend("cuda") == ("triton" if ops.HAS_TRITON else "reference")
+
+
+@pytest.mark.skipif(not ops.HAS_NATIVE, reason="duomem_fast._C not built")
+def test_cpu_fast_path_after_first_call_and_reset_by_set_backend():
+    """The first CPU lora_linear resolves (and logs); later ones skip that. Forcing a backend undoes it."""
+    import torch
+    from duomem_fast.kernels.reference import lora_linear_ref
+    x, w, a, b = torch.randn(3, 40), torch.randn(24, 40), torch.randn(4, 40), torch.randn(24, 4)
+    try:
+        ops.set_backend(None)
+        assert not ops._NATIVE_CPU
+        first = ops.lora_linear(x, w, a, b, 0.5)
+        assert ops._NATIVE_CPU
+        assert torch.equal(ops.lora_linear(x, w, a, b, 0.5), first)
+        torch.testing.assert_close(first, lora_linear_ref(x, w, a, b, 0.5), atol=2e-5, rtol=2e-5)
+        ops.set_backend("reference")
+        assert not ops._NATIVE_CPU
+        assert torch.equal(ops.lora_linear(x, w, a, b, 0.5), lora_linear_ref(x, w, a, b, 0.5))
+        assert not ops._NATIVE_CPU
+    finally:
+        ops.set_backend(None)
+
+
+@pytest.mark.skipif(not ops.HAS_NATIVE, reason="duomem_fast._C not built")
+@pytest.mark.parametrize("bad", ["x_k", "lora_b_rows", "ids_count"])
+def test_fast_path_keeps_value_errors(bad):
+    """Bad shapes reaching the CPU fast path still raise the API edge's ValueError naming the value."""
+    import torch
+    x, w, a, b = torch.randn(3, 16), torch.randn(8, 16), torch.randn(2, 16), torch.randn(8, 2)
+    ops.set_backend(None)
+    ops.lora_linear(x, w, a, b)
+    assert ops._NATIVE_CPU
+    kwargs = dict(lora_a=a, lora_b=b)
+    if bad == "x_k":
+        x = torch.randn(3, 15)
+    elif bad == "lora_b_rows":
+        kwargs["lora_b"] = torch.randn(9, 2)
+    else:
+        kwargs.update(lora_a=a[None], lora_b=b[None], adapter_ids=torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError):
+        ops.lora_linear(x, w, **kwargs)
+
+
+@pytest.mark.skipif(not ops.HAS_NATIVE, reason="duomem_fast._C not built")
+def test_lora_linear_traces_without_graph_break():
+    """Under torch.compile the fast path steps aside for torch.ops.duomem.lora_linear (fake registered): one graph."""
+    import torch
+    from duomem_fast.kernels.reference import lora_linear_ref
+    x, w, a, b = torch.randn(2, 32), torch.randn(16, 32), torch.randn(4, 32), torch.randn(16, 4)
+    ops.set_backend(None)
+    ops.lora_linear(x, w, a, b, 0.5)  # resolved and logged eagerly first, as in the engine
+    torch._dynamo.reset()
+    fn = torch.compile(lambda t: ops.lora_linear(t, w, a, b, 0.5), backend="eager", fullgraph=True)
+    torch.testing.assert_close(fn(x), lora_linear_ref(x, w, a, b, 0.5), atol=2e-5, rtol=2e-5)

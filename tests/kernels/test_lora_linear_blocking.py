@@ -1,8 +1,9 @@
 """The C++ lora_linear's register-blocked GEMV path (M <= 16) at its edges, against lora_linear_ref.
 
 The kernel takes 8 W rows at a time (then 4, then singles), x rows 4 at a time (then a 3/2/1 remainder), prefetches
-the next W block, splits K > 1024 into ranges for M >= 4 (partial sums added into y, LoRA and bias on the last range),
-and runs bf16 weights with bf16 x on vdpbf16ps: each of these has its own code.
+the next W block unless the weights were read recently (csrc/weight_reuse.h), splits K > 1024 into ranges for M >= 4
+(partial sums added into y, LoRA and bias on the last range), and runs bf16 weights with bf16 x on vdpbf16ps: each of
+these has its own code.
 """
 import pytest
 import torch
@@ -62,3 +63,48 @@ def test_bf16_weight_paths(M):
     assert_close(ops.lora_linear(x, w, a, b, 1.0, bias), lora_linear_ref(x, w, a, b, 1.0, bias), torch.float32)
     xb = x.bfloat16()
     assert_close(ops.lora_linear(xb, w, a, b, 1.0), lora_linear_ref(xb, w, a, b, 1.0), torch.bfloat16)
+
+
+@pytest.fixture
+def prefetch_mode():
+    yield ops._C.set_lora_prefetch
+    ops._C.set_lora_prefetch("auto")
+
+
+@pytest.mark.parametrize("M", [1, 4, 7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prefetch_modes_give_identical_results(M, dtype, prefetch_mode):
+    """The next-block prefetch is a hint only: every mode gives the same bits (N = 45 has 8-, 4- and 1-row blocks)."""
+    x, w, a, b, bias = make(M, 333, 45, 16, dtype)
+    outs = []
+    for mode in ("always", "never", "auto"):
+        prefetch_mode(mode)
+        outs.append(ops.lora_linear(x, w, a, b, 0.5, bias))
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    assert_close(outs[0], lora_linear_ref(x, w, a, b, 0.5, bias), dtype)
+
+
+def test_prefetch_auto_follows_reuse_distance(prefetch_mode):
+    """auto: a weight read again with little weight traffic since is taken as cached (no prefetch); one first seen,
+    or read again only after more than the budget (half the LLC) of other weights, is prefetched."""
+    budget = ops._C.lora_prefetch_budget()
+    if budget <= 0:
+        pytest.skip("last-level cache size unknown: auto always prefetches")
+    prefetch_mode("auto")
+    x, w, a, b, _ = make(1, 256, 64, 4, torch.float32)
+
+    def prefetched(weight, lora_a=None, lora_b=None) -> int:
+        calls, pf = ops._C.lora_prefetch_counts()
+        ops.lora_linear(x, weight, lora_a, lora_b)
+        calls2, pf2 = ops._C.lora_prefetch_counts()
+        assert calls2 == calls + 1
+        return pf2 - pf
+
+    assert prefetched(w, a, b) == 1  # first seen
+    assert prefetched(w, a, b) == 0  # read just before
+    assert prefetched(w) == 0  # the same W without its adapter: still the same cached W
+    others = [torch.randn(1024, 256) for _ in range(budget // (1024 * 256 * 4) + 1)]  # 1 MiB each, > budget in all
+    for o in others:
+        prefetched(o)
+    assert prefetched(w) == 1  # evicted by the traffic since
+    assert prefetched(others[-1]) == 0  # the latest one is still cached
