@@ -82,3 +82,26 @@ def test_compare_against_our_server_as_openai_teacher(data, tmp_path):
     assert teacher["tokens_reused"] > 0            # the server served later steps from the cached prefix
     assert student["tokens_in"] > 0 and student["model_seconds_per_task"] > 0
     assert summary["pair"]["games"] == 2 and (out / "report.md").exists()
+
+
+def test_engine_per_worker_plays_the_same_episodes_as_one_shared_engine(data, tmp_path):
+    from duomem_fast.model.testing import make_tiny_model
+    tiny = make_tiny_model(tmp_path / "tiny", "llama", max_position_embeddings=4096)
+    actions = {}
+    for share in ("1", "0"):
+        out = tmp_path / f"share{share}"
+        assert main(["eval", "--agent", f"hf:{tiny},adapter=none,memory=none,share={share}", *_args(data, out, 3)]) == 0
+        recs = [json.loads(x) for f in out.glob("runs/*/episodes.jsonl") for x in f.read_text().splitlines()]
+        actions[share] = {r["game"]: r["actions"] for r in recs}
+        assert len(recs) == 2 and all(r["model_seconds"] > 0 and r["tokens_in"] > 0 for r in recs)
+    assert actions["0"] == actions["1"]
+    assert [p.name for p in (tmp_path / "share0").glob("runs/*")] == [p.name for p in (tmp_path / "share1").glob("runs/*")]
+
+
+@pytest.mark.parametrize("option,match", [("share=2", "share='2'"), ("share=0,threads=0", "threads=0")])
+def test_bad_engine_execution_options(tmp_path, capsys, option, match):
+    from duomem_fast.model.testing import make_tiny_model
+    tiny = make_tiny_model(tmp_path / "tiny", "llama")
+    assert main(["eval", "--agent", f"hf:{tiny},adapter=none,memory=none,{option}", "--data", str(tmp_path),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert match in capsys.readouterr().err

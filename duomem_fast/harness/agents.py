@@ -3,9 +3,12 @@
     expert[,seed=0]                          ALFWorld's handcoded expert (reads the game state)
     random[,seed=0]                          a uniformly random admissible command (a floor to compare against)
     engine[,model=M,adapter=A|none,memory=B|none,k=2,mode=score|generate,choose=best|greedy|sum|mean,merge=0|1,dtype=bfloat16,
-           parts=script|trajectory|both,placement=system|after_obs]
+           parts=script|trajectory|both,placement=system|after_obs,share=1|0,threads=1]
                                              our engine; defaults: the shipped DuoMem student
-                                             (default model + shipped adapter + memory bank, where present)
+                                             (default model + shipped adapter + memory bank, where present);
+                                             share=1: one engine for all parallel episodes (calls serialised,
+                                             envs in workers); share=0: an engine per worker process with
+                                             `threads` torch threads (model calls in parallel; a model copy each)
     duomem / base / memories / lora          presets of `engine` for the ablation
     hf:PATH[,adapter=..,memory=..]           a local HF model directory (or .gguf) run by our engine
     openai:URL[,model=..,timeout=60,retries=4,rate=0,history=8,max_tokens=24]
@@ -25,7 +28,8 @@ KINDS = ("expert", "random", "engine", "hf", "openai")
 PRESETS = {"duomem": {}, "base": {"adapter": "none", "memory": "none"}, "memories": {"adapter": "none"},
            "lora": {"memory": "none"}}
 OPTIONS = {"expert": {"seed"}, "random": {"seed"},
-           "engine": {"model", "adapter", "memory", "k", "mode", "merge", "dtype", "parts", "placement"},
+           "engine": {"model", "adapter", "memory", "k", "mode", "choose", "merge", "dtype", "parts", "placement",
+                      "share", "threads"},
            "openai": {"model", "timeout", "retries", "rate", "history", "max_tokens"}}
 OPTIONS["hf"] = OPTIONS["engine"]
 
