@@ -7,6 +7,8 @@ model finds most likely (mode="score", `conv.choose` with method `choose`: "best
 highest probability, exact; "greedy" = constrained greedy decoding, cheaper but biased to the first token most
 commands share, "go"; "help" is not offered) or parsed from a short generation
 (mode="generate", `conv.reply`). Token counts and model seconds come from the engine's own counters.
+norepeat=True (score mode): a command already played after the same observation is not offered again while other
+commands are (a greedy policy that meets a state twice would otherwise cycle until the step limit).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ class EnginePolicy:
     """engine: a duomem_fast Engine; playbook: text placed per `placement`; mode: "score" | "generate"."""
 
     def __init__(self, engine, playbook: str | None = None, mode: str = "score", placement: str = "system",
-                 max_new_tokens: int = 24, name: str | None = None, choose: str = "best"):
+                 max_new_tokens: int = 24, name: str | None = None, choose: str = "best", norepeat: bool = False):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
         if choose not in CHOOSE_METHODS:
@@ -35,7 +37,8 @@ class EnginePolicy:
         self.engine, self.playbook, self.mode = engine, playbook, mode
         self.placement = check_placement(placement)
         self.max_new_tokens = max_new_tokens
-        self.choose = choose
+        self.choose, self.norepeat = choose, norepeat
+        self._played: set[tuple[str, str]] = set()   # (observation, command) pairs of this episode
         self.name = name or f"engine-{mode}"
         self.conv = None
         self.step_tokens: list[int] = []  # tokens encoded per act() (new turn text, + the candidates when scoring)
@@ -45,7 +48,7 @@ class EnginePolicy:
 
     def begin(self, task: str, task_type: str, observation: str, admissible: list[str]) -> None:
         self._start = self.engine.stats.copy()
-        self.step_tokens, self.context_lengths = [], []
+        self.step_tokens, self.context_lengths, self._played = [], [], set()
         self.conv = self.engine.chat([{"role": "system", "content": system_message(self.playbook, self.placement)}])
         self._first = first_user_message(observation, self.playbook, self.placement)
 
@@ -55,7 +58,12 @@ class EnginePolicy:
         before = self.engine.stats.tokens_encoded
         text, self._first = (self._first or observation), ""
         self.conv.add_user(text)
-        action = self._choose(admissible) if self.mode == "score" else self._generate(admissible)
+        if self.mode == "score":
+            fresh = [a for a in admissible if (observation, a) not in self._played] if self.norepeat else admissible
+            action = self._choose(fresh or admissible)
+        else:
+            action = self._generate(admissible)
+        self._played.add((observation, action))
         self.step_tokens.append(self.engine.stats.tokens_encoded - before)
         self.context_lengths.append(len(self.conv.session))
         return action

@@ -3,12 +3,14 @@
     expert[,seed=0]                          ALFWorld's handcoded expert (reads the game state)
     random[,seed=0]                          a uniformly random admissible command (a floor to compare against)
     engine[,model=M,adapter=A|none,memory=B|none,k=2,mode=score|generate,choose=best|greedy|sum|mean,merge=0|1,dtype=bfloat16,
-           parts=script|trajectory|both,placement=system|after_obs,share=1|0,threads=1]
+           parts=script|trajectory|both,placement=system|after_obs,share=1|0,threads=1,
+           norepeat=0|1]
                                              our engine; defaults: the shipped DuoMem student
                                              (default model + shipped adapter + memory bank, where present);
                                              share=1: one engine for all parallel episodes (calls serialised,
                                              envs in workers); share=0: an engine per worker process with
-                                             `threads` torch threads (model calls in parallel; a model copy each)
+                                             `threads` torch threads (model calls in parallel; a model copy each);
+                                             norepeat=1: no command twice after the same observation
     duomem / base / memories / lora          presets of `engine` for the ablation
     hf:PATH[,adapter=..,memory=..]           a local HF model directory (or .gguf) run by our engine
     openai:URL[,model=..,timeout=60,retries=4,rate=0,history=8,max_tokens=24]
@@ -29,7 +31,7 @@ PRESETS = {"duomem": {}, "base": {"adapter": "none", "memory": "none"}, "memorie
            "lora": {"memory": "none"}}
 OPTIONS = {"expert": {"seed"}, "random": {"seed"},
            "engine": {"model", "adapter", "memory", "k", "mode", "choose", "merge", "dtype", "parts", "placement",
-                      "share", "threads"},
+                      "share", "threads", "norepeat"},
            "openai": {"model", "timeout", "retries", "rate", "history", "max_tokens"}}
 OPTIONS["hf"] = OPTIONS["engine"]
 

@@ -75,7 +75,8 @@ def build_engine_agent(spec: AgentSpec) -> Agent:
     share = _flag(spec, "share", True)
     config = {"kind": "engine", "engine": engine.fingerprint, "prompt": _prompt_sha(opts["placement"]),
               "model": str(engine.model_dir), "adapter": opts["adapter"], "bank": bank.content_sha() if bank else None,
-              **{k: opts[k] for k in ("k", "mode", "choose", "parts", "placement")}}
+              **{k: opts[k] for k in ("k", "mode", "choose", "parts", "placement")},
+              **({"norepeat": True} if opts["norepeat"] else {})}      # absent when off: old runs keep their identity
     if not share:                        # the parent's engine only identified the run; workers load their own
         threads = _int(spec, "threads", 1)
         if threads < 1:
@@ -100,7 +101,7 @@ def _engine_parts(spec: AgentSpec) -> tuple:
     merge, dtype = _flag(spec, "merge", False), spec.options.get("dtype")
     opts = {"adapter": adapter, "mode": spec.options.get("mode", "score"), "parts": spec.options.get("parts", "script"),
             "k": _int(spec, "k", 2), "placement": spec.options.get("placement", "system"),
-            "choose": spec.options.get("choose", "best")}
+            "choose": spec.options.get("choose", "best"), "norepeat": _flag(spec, "norepeat", False)}
     engine = _engine(model, adapter, merge, dtype)
     return engine, MemoryBank.load(memory) if memory else None, opts
 
@@ -108,7 +109,8 @@ def _engine_parts(spec: AgentSpec) -> tuple:
 def _policy(engine, bank, opts: dict, name: str) -> MemoryPolicy:
     from ..alfworld.agent import EnginePolicy
 
-    inner = EnginePolicy(engine, mode=opts["mode"], placement=opts["placement"], name=name, choose=opts["choose"])
+    inner = EnginePolicy(engine, mode=opts["mode"], placement=opts["placement"], name=name, choose=opts["choose"],
+                         norepeat=opts["norepeat"])
     return MemoryPolicy(inner, bank, opts["k"], opts["parts"])
 
 

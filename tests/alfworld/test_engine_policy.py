@@ -76,3 +76,16 @@ def test_default_model_end_to_end(tmp_path):
     assert [r["steps"] for r in records] == [1, 1] and read_records(tmp_path / "runs.jsonl") == records
     assert all(r["tokens_in"] > 0 and r["tokens_out"] > 0 and r["model_seconds"] > 0 for r in records)
     assert records[1]["tokens_in"] < records[0]["tokens_in"]  # same game again: the system prompt's KV is reused
+
+
+def test_norepeat_offers_a_played_command_again_only_when_nothing_else_is_left(engine):
+    admissible = ["go to shelf 1", "go to desk 1", "look"]
+    policy = EnginePolicy(engine, norepeat=True)
+    policy.begin("put a pen in shelf", "pick_and_place_simple", "You are in a room.", admissible)
+    first = policy.act("You are in a room.", admissible)
+    played = [first] + [policy.act("You are in a room.", admissible) for _ in range(2)]
+    assert sorted(played) == sorted(admissible)                    # the same observation: three different commands
+    assert policy.act("You are in a room.", admissible) in admissible   # all played: the model chooses freely
+    plain = EnginePolicy(engine)
+    plain.begin("put a pen in shelf", "pick_and_place_simple", "You are in a room.", admissible)
+    assert plain.act("You are in a room.", admissible) == first    # off by default: same first choice
