@@ -300,6 +300,8 @@ def _save_adapter(model, out: Path, base_name: str) -> None:
     conf_path = out / "adapter_config.json"
     conf = json.loads(conf_path.read_text())
     conf["base_model_name_or_path"] = base_name               # no machine-specific cache path in shipped files
+    if isinstance(conf.get("target_modules"), list):
+        conf["target_modules"] = sorted(conf["target_modules"])  # peft writes its set in hash order: stable diffs
     conf_path.write_text(json.dumps(conf, indent=2, sort_keys=True))
 
 
