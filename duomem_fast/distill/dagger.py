@@ -40,7 +40,7 @@ class DaggerConfig:
     k: int = 2                     # memories in the student's playbook (as the duomem preset)
     parts: str = "script"
     seed: int = 0
-    shard: int = 0                 # this process plays games shard, shard + shards, ...
+    shard: int = 0                 # this process plays the games whose id hashes to it (shard_of)
     shards: int = 1
 
     def __post_init__(self):
@@ -158,7 +158,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True, type=Path, help="records JSONL (appended; a rerun resumes)")
     p.add_argument("--split", default="train")
     p.add_argument("--games", type=int, default=None, help="first N games of the split")
-    p.add_argument("--shard", default="0/1", help="I/N: play games I, I+N, ... (run N processes)")
+    p.add_argument("--shard", default="0/1", help="I/N: play the games whose id hashes to shard I of N (run N processes)")
     p.add_argument("--beta", type=float, default=0.5)
     p.add_argument("--max-steps", type=int, default=40)
     p.add_argument("--adapter", default=None, help="student's PEFT adapter (default: the shipped one)")
