@@ -34,11 +34,11 @@ def eval_cmd(agent: str = "duomem", data: str | None = None, split: str = "valid
              max_steps: int = 50, workers: int = 2, out: str = "runs/eval", progress: bool = True,
              suite_games: int = SUITE_GAMES, seed: int = 0, threads: int | None = None) -> int:
     """Play the first `games` games of `split` with one agent; write the report into `out`."""
-    from .harness.agents import build_agent, parse_agent
+    from .harness.agents import build_agent, for_workers, parse_agent
     from .harness.evaluate import ensure_suite, evaluate
 
     cfg = _config(data, split, games, max_steps, workers, out, progress, threads)
-    spec = parse_agent(agent)                      # a bad spec fails before any game is built
+    spec = for_workers(parse_agent(agent), workers, threads)   # a bad spec fails before any game is built
     ensure_suite(cfg, max(suite_games, games), seed)
     summary = evaluate([build_agent(spec)], cfg, command_name="eval")
     return _print_summary(summary, cfg.out)
@@ -49,11 +49,12 @@ def compare_cmd(student: str = "duomem", teacher: str = "expert", ablation: bool
                 out: str = "runs/compare", progress: bool = True, suite_games: int = SUITE_GAMES,
                 seed: int = 0, threads: int | None = None) -> int:
     """Student vs teacher on the same games in the same order (ablation: base/+memories/+LoRA/DuoMem too)."""
-    from .harness.agents import build_agent, parse_agent
+    from .harness.agents import build_agent, for_workers, parse_agent
     from .harness.evaluate import ensure_suite, evaluate
 
     cfg = _config(data, split, games, max_steps, workers, out, progress, threads)
-    specs = [parse_agent(s) for s in [student, teacher] + ([a for a in ABLATION if a != student] if ablation else [])]
+    names = [student, teacher] + ([a for a in ABLATION if a != student] if ablation else [])
+    specs = [for_workers(parse_agent(s), workers, threads) for s in names]
     ensure_suite(cfg, max(suite_games, games), seed)
     summary = evaluate([build_agent(s) for s in specs], cfg, pair=True, command_name="compare")
     return _print_summary(summary, cfg.out)
@@ -168,7 +169,8 @@ def _play_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--suite-games", type=int, default=SUITE_GAMES, help="size of a suite built when none exists")
     p.add_argument("--seed", type=int, default=0, help="seed of a suite built when none exists")
-    p.add_argument("--threads", type=int, help="torch threads of engine agents (default: torch's, one per core)")
+    p.add_argument("--threads", type=int, help="torch threads per engine (default: the cores split among "
+                   "the episode workers)")
 
 
 AGENT_HELP = ("agent spec: expert | random | duomem | base | memories | lora | engine[,model=M,adapter=A|none,"

@@ -10,6 +10,7 @@
                                              share=1: one engine for all parallel episodes (calls serialised,
                                              envs in workers); share=0: an engine per worker process with
                                              `threads` torch threads (model calls in parallel; a model copy each);
+                                             eval/compare default to share=0 on a CPU with --workers > 1
                                              norepeat=1: no command twice after the same observation
     duomem / base / memories / lora          presets of `engine` for the ablation
     hf:PATH[,adapter=..,memory=..]           a local HF model directory (or .gguf) run by our engine
@@ -70,6 +71,23 @@ def parse_agent(text: str) -> AgentSpec:
             raise ValueError(f"bad option {pair!r} in agent spec {text!r}; {kind} takes {sorted(OPTIONS[kind])}")
         options[key] = value
     return AgentSpec(kind, target or None, options, text.strip())
+
+
+def for_workers(spec: AgentSpec, workers: int, threads: int | None = None) -> AgentSpec:
+    """An engine spec as run with `workers` parallel episodes. Unless the spec says `share`, a CPU run of several
+    episodes gets an engine per worker (share=0) with the cores split between them (threads): one shared engine
+    serialises the episodes' model calls, which on a CPU are the wall clock (10 games: 208 s shared, 123 s
+    share=0, 2026-12-01). On a GPU the shared engine stays the default. threads: per engine (None: cores / workers)."""
+    import os
+
+    import torch
+
+    if spec.kind not in ("engine", "hf") or "share" in spec.options or workers < 2 or torch.cuda.is_available():
+        return spec
+    extra = ",share=0"
+    if "threads" not in spec.options:
+        extra += f",threads={threads or max(1, len(os.sched_getaffinity(0)) // workers)}"
+    return parse_agent(spec.text + extra)
 
 
 class RandomPolicy:

@@ -1,10 +1,11 @@
 """Engine agents (our model, with or without the LoRA adapter and the memory bank) as harness Plans.
 
-share=1 (default): the engine lives in this process and is shared by the parallel episodes (its prefix cache too:
+share=1 (the spec's default): the engine lives in this process and is shared by the parallel episodes (its prefix cache too:
 the system prompt and playbooks are encoded once); each episode's game runs in an env worker process, and the
 model calls are serialised under a lock. share=0: each worker process loads its own engine and plays whole
 episodes, so model calls run in parallel (on a 2-core CPU the serialised model calls were the wall clock: 41.5 min
-for 134 games of which the model took 40); it costs a model copy and a prefix cache per worker.
+for 134 games of which the model took 40); it costs a model copy and a prefix cache per worker. `eval` and
+`compare` choose share=0 on a CPU with several workers unless the spec says otherwise (agents.for_workers).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@ import threading
 
 import pytest
 
-from duomem_fast.harness.agents import build_agent, parse_agent
+from duomem_fast.harness.agents import build_agent, for_workers, parse_agent
 
 
 @pytest.mark.parametrize("text,kind,target,options", [
@@ -66,3 +66,17 @@ def test_guarded_engine_counts_only_its_own_calls(tmp_path):
     assert sum(v.stats.tokens_encoded for v in views) == total.tokens_encoded
     assert views[0].stats.tokens_encoded < views[2].stats.tokens_encoded   # episode 2 appended more text
     assert all(v.stats.model_seconds > 0 for v in views)
+
+
+def test_parallel_engine_runs_on_a_cpu_default_to_an_engine_per_worker(monkeypatch):
+    import os
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    spec = for_workers(parse_agent("lora,k=3"), 2)
+    assert spec.options["share"] == "0" and spec.options["threads"] == "2" and spec.label == "lora"
+    assert spec.options["memory"] == "none" and spec.options["k"] == "3"      # preset and options kept
+    assert for_workers(parse_agent("duomem"), 2, threads=3).options["threads"] == "3"
+    assert for_workers(parse_agent("duomem"), 8).options["threads"] == "1"
+    for kept in ("duomem,share=1", "duomem,share=0,threads=2"):               # what the user said stands
+        assert for_workers(parse_agent(kept), 2).options == parse_agent(kept).options
+    assert "share" not in for_workers(parse_agent("duomem"), 1).options      # one episode at a time: one engine
+    assert for_workers(parse_agent("expert"), 2).options == {}
