@@ -97,9 +97,11 @@ def _counts(items: list[str]) -> dict:
 
 def distill_cmd(data: str | None = None, out: str = "runs/distill", split: str = "train", games: int = 0,
                 max_steps: int = 50, teacher: str = "expert", skip_train: bool = False,
-                max_minutes: float | None = None, progress: bool = True) -> dict:
+                max_minutes: float | None = None, progress: bool = True, dagger_rounds: int = 0,
+                dagger_games: int = 0) -> dict:
     """The DuoMem pipeline: teacher trajectories -> memory bank + LoRA adapter, into `out` (resumable)."""
     from .distill.config import TrainConfig
+    from .distill.dagger import DaggerConfig
     from .distill.pipeline import PipelineConfig, run_pipeline
     from .distill.trajectories import CollectConfig
     from .harness.agents import build_agent, parse_agent
@@ -111,10 +113,11 @@ def distill_cmd(data: str | None = None, out: str = "runs/distill", split: str =
         factory = lambda run: agent.plan.make_policy(None)  # noqa: E731
     cfg = PipelineConfig(collect=CollectConfig(split=split, max_steps=max_steps, max_games=games or None,
                                                teacher=spec.text),
-                         train=TrainConfig(max_minutes=max_minutes), skip_train=skip_train)
+                         train=TrainConfig(max_minutes=max_minutes), skip_train=skip_train,
+                         dagger_rounds=dagger_rounds, dagger=DaggerConfig(split=split, max_games=dagger_games or None))
     summary = run_pipeline(Path(data) if data else default_data_root(), Path(out), cfg, policy_factory=factory,
                            progress=progress)
-    print(f"distilled into {out}: {summary.get('stages')}")
+    print(f"distilled into {out}: {summary.get('stages')}; final adapter: {summary.get('adapter')}")
     return 0
 
 
@@ -209,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", default="expert", help="agent spec of the teacher (expert, openai:URL, ...)")
     p.add_argument("--skip-train", action="store_true", help="stop after the memory bank")
     p.add_argument("--max-minutes", type=float, help="LoRA training budget (it saves and stops when spent)")
+    p.add_argument("--dagger-rounds", type=int, default=0, help="then N DAgger rounds: the student plays, the expert "
+                   "labels the states it reaches, the adapter continues on them (the shipped adapter had 2)")
+    p.add_argument("--dagger-games", type=int, default=0, help="games per DAgger round, round i from game "
+                   "(i-1)*N of the split (0 = all games every round)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p = sub.add_parser("bench", help="run the benchmark scripts and print their tables", description=bench_cmd.__doc__)
     p.add_argument("--only", help="only scripts whose name contains this")

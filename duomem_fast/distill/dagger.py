@@ -34,7 +34,8 @@ from duomem_fast.memory.playbook import PARTS, format_playbook
 @dataclass(slots=True)
 class DaggerConfig:
     split: str = "train"
-    max_games: int | None = None   # first N games of the sorted split
+    max_games: int | None = None   # N games of the sorted split, from first_game (None: all)
+    first_game: int = 0
     max_steps: int = 40
     beta: float = 0.5              # where student and expert differ, the chance that the expert's command is played
     k: int = 2                     # memories in the student's playbook (as the duomem preset)
@@ -48,9 +49,10 @@ class DaggerConfig:
             raise ValueError(f"unknown split {self.split!r}; expected one of {SPLITS}")
         if not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"beta must be in [0, 1], got {self.beta}")
-        if self.max_steps < 1 or self.k < 0 or (self.max_games is not None and self.max_games < 1):
-            raise ValueError(f"need max_steps >= 1, k >= 0, max_games >= 1 or None; got {self.max_steps}, "
-                             f"{self.k}, {self.max_games}")
+        if self.max_steps < 1 or self.k < 0 or (self.max_games is not None and self.max_games < 1) \
+                or self.first_game < 0:
+            raise ValueError(f"need max_steps >= 1, k >= 0, max_games >= 1 or None, first_game >= 0; got "
+                             f"{self.max_steps}, {self.k}, {self.max_games}, {self.first_game}")
         if self.parts not in PARTS:
             raise ValueError(f"parts {self.parts!r} not in {PARTS}")
         if not 0 <= self.shard < self.shards:
@@ -120,7 +122,10 @@ def collect_dagger(data_root, out_jsonl: str | Path, engine, bank, config: Dagge
     from duomem_fast.alfworld.agent import EnginePolicy
     from duomem_fast.alfworld.expert import ExpertPolicy
     cfg = config or DaggerConfig()
-    games = [g for g in list_games(data_root, cfg.split)[:cfg.max_games] if shard_of(g.id, cfg.shards) == cfg.shard]
+    end = None if cfg.max_games is None else cfg.first_game + cfg.max_games
+    games = [g for g in list_games(data_root, cfg.split)[cfg.first_game:end] if shard_of(g.id, cfg.shards) == cfg.shard]
+    if not games and cfg.shards == 1:
+        raise ValueError(f"no {cfg.split} games from #{cfg.first_game} under {data_root} for this DAgger round")
     fp = config_fingerprint({**cfg.fingerprint_fields(), "engine": engine.fingerprint,
                              "bank": bank.content_sha() if bank else None})
     done = {r["game"]: r for r in read_records(out_jsonl) if r.get("config") == fp}
@@ -139,6 +144,29 @@ def collect_dagger(data_root, out_jsonl: str | Path, engine, bank, config: Dagge
             records.append(done[game.id])
             bar.set_postfix(won=sum(r["won"] for r in records), agree=f"{agreement(records):.2f}")
     return records
+
+
+def run_round(data_root, out_dir: str | Path, adapter: str | Path, bank, cfg: DaggerConfig, train_cfg,
+              expert_records: list[dict], replay: list[dict], n_expert: int, progress: bool = True) -> tuple:
+    """One DAgger round as a resumable stage: the student with `adapter` plays cfg's games (out_dir/rollouts.jsonl),
+    then the adapter continues training (out_dir/adapter) on those rollouts + `replay` (earlier rounds' rollouts)
+    + up to n_expert of the teacher's won trajectories of the same games. -> (rollouts, training summary)."""
+    from dataclasses import replace
+
+    from duomem_fast.distill.train import train_lora
+    from duomem_fast.engine import Engine
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    engine = Engine.from_pretrained(model=train_cfg.model, adapter=str(adapter))
+    rollouts = collect_dagger(data_root, out / "rollouts.jsonl", engine, bank, cfg, progress)
+    del engine
+    played = {r["game"] for r in rollouts}
+    expert = sorted((r for r in expert_records if r["game"] in played and r["won"]), key=lambda r: r["game"])
+    random.Random(cfg.seed).shuffle(expert)
+    cfg_round = replace(train_cfg, init_adapter=str(adapter))
+    summary = train_lora(expert[:n_expert] + replay + rollouts, out / "adapter", cfg_round, bank=bank,
+                         progress=progress)
+    return rollouts, summary
 
 
 def shard_of(game_id: str, shards: int) -> int:

@@ -4,7 +4,9 @@ Layout of `out_dir`:
   trajectories.jsonl   every teacher episode (won or not), appended as it ends
   bank.jsonl (+ .safetensors)   one memory per won trajectory, saved every `save_every` new memories
   adapter/             PEFT adapter + training.json (checkpoint/ while training)
-  pipeline.json        what each stage produced and how long it took
+  dagger1/ ...         with dagger_rounds: the previous adapter's student plays train games while the expert labels
+                       (rollouts.jsonl), then that adapter continues training (adapter/); see dagger.py
+  pipeline.json        what each stage produced and how long it took; "adapter": the final one
 Each stage resumes: finished episodes are skipped, memories already in the bank are kept, training restarts
 from its last checkpoint (or is skipped when done with the same config and data).
 """
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from duomem_fast.distill.config import TrainConfig
+from duomem_fast.distill.dagger import DaggerConfig
 from duomem_fast.distill.trajectories import CollectConfig, collect_trajectories
 from duomem_fast.memory.bank import MemoryBank
 from duomem_fast.memory.build import memory_from_record, memory_id
@@ -33,6 +36,19 @@ class PipelineConfig:
     embedder: str = "auto"
     save_every: int = 25
     skip_train: bool = False
+    dagger_rounds: int = 0              # DAgger rounds after the adapter (the shipped one had 2: assets/CARD.md)
+    dagger: DaggerConfig = field(default_factory=DaggerConfig)   # per round; round i plays games from
+    #                                     (i-1) * dagger.max_games on (all games each round when max_games is None)
+    dagger_lr: float = 3e-4             # the rounds continue the previous adapter at this learning rate
+    dagger_expert: int = 40             # teacher trajectories of the round's games trained beside its rollouts
+    dagger_replay: int = 30             # the previous round's rollouts replayed (DAgger trains on all rounds)
+
+    def __post_init__(self):
+        if self.dagger_rounds < 0 or self.dagger_expert < 0 or self.dagger_replay < 0:
+            raise ValueError(f"dagger_rounds, dagger_expert and dagger_replay must be >= 0, got "
+                             f"{self.dagger_rounds}, {self.dagger_expert}, {self.dagger_replay}")
+        if self.dagger_rounds and self.skip_train:
+            raise ValueError("dagger_rounds need the trained adapter: drop skip_train")
 
 
 def run_pipeline(data_root: str | Path | None, out_dir: str | Path, config: PipelineConfig | None = None,
@@ -60,8 +76,38 @@ def run_pipeline(data_root: str | Path | None, out_dir: str | Path, config: Pipe
         summary["stages"]["adapter"] = {k: trained[k] for k in ("done", "stopped", "steps", "planned_steps",
                                                                 "seconds", "tokens_per_second", "data")}
         summary["stages"]["adapter"]["wall_seconds"] = round(time.perf_counter() - t2, 1)
+        summary["adapter"] = str(_dagger_rounds(data_root, out, cfg, won, bank, summary, progress))
     (out / "pipeline.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
+
+
+def _dagger_rounds(data_root, out: Path, cfg: PipelineConfig, won: list[dict], bank, summary: dict,
+                   progress: bool) -> Path:
+    """Run (or resume) the DAgger rounds; returns the final adapter directory."""
+    import random
+    from dataclasses import replace
+
+    from duomem_fast.distill.dagger import agreement, run_round
+    adapter, replay = out / "adapter", []
+    train = replace(cfg.train, lr=cfg.dagger_lr, warmup_steps=min(cfg.train.warmup_steps, 2))
+    for i in range(1, cfg.dagger_rounds + 1):
+        t = time.perf_counter()
+        games = replace(cfg.dagger, first_game=cfg.dagger.first_game + (i - 1) * (cfg.dagger.max_games or 0))
+        rollouts, trained = run_round(data_root, out / f"dagger{i}", adapter, bank, games, train, won, replay,
+                                      cfg.dagger_expert, progress)
+        summary["stages"][f"dagger{i}"] = {"rollouts": len(rollouts), "won": sum(r["won"] for r in rollouts),
+                                           "agreement": round(agreement(rollouts), 3), "steps": trained["steps"],
+                                           "done": trained["done"], "seconds": round(time.perf_counter() - t, 1)}
+        adapter = out / f"dagger{i}" / "adapter"
+        replay = random.Random(i).sample(rollouts, min(cfg.dagger_replay, len(rollouts)))
+    return adapter
+
+
+def final_adapter(run_dir: str | Path) -> Path:
+    """The adapter a pipeline run ends with: its last DAgger round's, else adapter/."""
+    run = Path(run_dir)
+    rounds = sorted(run.glob("dagger[0-9]*/adapter"), key=lambda p: int(p.parent.name[len("dagger"):]))
+    return rounds[-1] if rounds else run / "adapter"
 
 
 def build_bank(records: list[dict], path: Path, complete: Callable[[str], str] | None = None,

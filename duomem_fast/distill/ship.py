@@ -18,9 +18,11 @@ from duomem_fast.memory.defaults import ASSETS
 
 
 def ship(run_dir: str | Path, assets: str | Path = ASSETS) -> dict:
-    """Install RUN_DIR/adapter and RUN_DIR/bank.jsonl as the shipped defaults; returns their sizes in bytes."""
+    """Install the run's final adapter (its last DAgger round's, else RUN_DIR/adapter) and RUN_DIR/bank.jsonl as the
+    shipped defaults; returns their sizes in bytes."""
+    from duomem_fast.distill.pipeline import final_adapter
     run, assets = Path(run_dir), Path(assets)
-    adapter, bank = run / "adapter", run / "bank.jsonl"
+    adapter, bank = final_adapter(run), run / "bank.jsonl"
     for needed in (adapter / "adapter_config.json", adapter / "adapter_model.safetensors", bank):
         if not needed.exists():
             raise ValueError(f"cannot ship {run}: {needed} is missing (run the pipeline to the end first)")
