@@ -66,6 +66,12 @@ def _pct(c: dict) -> str:
     return f"{c['won']}/{c['games']} = {c['success_rate']:.1%} [{lo:.0%}, {hi:.0%}]"
 
 
+def _run_per_task(s: dict) -> str:
+    """'-' for a resumed run: its elapsed time covers only the games it played this time."""
+    v = s.get("run_seconds_per_task")
+    return "-" if v is None else f"{v:.3g}"
+
+
 def _agent_table(agents: dict) -> list[str]:
     rows = ["| agent | success (95% CI) | avg steps | model s/task | env s/task | wall s/task | run s/task "
             "| tokens new / reused / generated per task | tok/s new+gen | gen tok/s |",
@@ -74,7 +80,7 @@ def _agent_table(agents: dict) -> list[str]:
         new, reused = s["tokens_in"] / max(1, s["games"]), s["tokens_reused"] / max(1, s["games"])
         rows.append(f"| {name} | {_pct(s)} | {s['avg_steps']:.1f} | {s['model_seconds_per_task']:.3g} "
                     f"| {s['env_seconds_per_task']:.3g} | {s['wall_seconds_per_task']:.3g} "
-                    f"| {s.get('run_seconds_per_task', 0.0):.3g} | {new:.0f} / {reused:.0f} / "
+                    f"| {_run_per_task(s)} | {new:.0f} / {reused:.0f} / "
                     f"{s['tokens_out_per_task']:.0f} | {s['total_tok_per_s']:.1f} | {s['gen_tok_per_s']:.1f} |")
     return rows
 
@@ -112,7 +118,7 @@ def render_markdown(summary: dict, pngs: list) -> str:
              f"- load average (1, 5, 15 min) at the start: `{m.get('loadavg_at_start')}`: other processes on "
              "this machine slow every timing below", "",
              "Per-episode times are latencies (model + environment per task); *run s/task* is the elapsed time of "
-             "the whole run divided by its games, which parallel episodes make smaller.", "",
+             "the whole run divided by its games, which parallel episodes make smaller (- where the run resumed).", "",
              "## Agents", "", *_agent_table(summary["agents"]), "", "## Success per task type", "",
              *_type_table(summary["agents"]), ""]
     for name, s in summary["agents"].items():

@@ -27,3 +27,17 @@ def test_report_files_hold_the_run_figures(tmp_path):
     assert f"{s['won']}/6" in md and "generated" in md and "plots/success_per_type.png" in md
     for png in ("success_per_type", "time_per_task", "steps"):
         assert (tmp_path / "out" / "plots" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resumed_runs_show_no_run_time_per_task(tmp_path):
+    games = T.fake_games(2)
+    plan = Plan(T.make_fake_env, lambda env: T.SolverPolicy(env, name="a"), T.fake_play, T.fake_game_id, in_worker=False)
+    log = EpisodeLog(tmp_path / "a.jsonl")
+    secs, _ = run_games(plan, games, log, RunOptions(max_steps=5, workers=1, progress=False))
+    meta = {"games": 2, "split": "valid_unseen", "source": "generated", "command": "pytest"}
+    records = log.ordered([g.path for g in games])
+    fresh = write_report(tmp_path / "fresh", {"a": {"records": records, "seconds": secs}}, meta)
+    write_report(tmp_path / "resumed", {"a": {"records": records, "seconds": None}}, meta)
+    row = lambda d: next(x for x in (tmp_path / d / "report.md").read_text().splitlines() if x.startswith("| a |"))
+    assert row("resumed").split("|")[7].strip() == "-"
+    assert row("fresh").split("|")[7].strip() == f"{fresh['agents']['a']['run_seconds_per_task']:.3g}"
