@@ -76,7 +76,9 @@ def run_pipeline(data_root: str | Path | None, out_dir: str | Path, config: Pipe
         summary["stages"]["adapter"] = {k: trained[k] for k in ("done", "stopped", "steps", "planned_steps",
                                                                 "seconds", "tokens_per_second", "data")}
         summary["stages"]["adapter"]["wall_seconds"] = round(time.perf_counter() - t2, 1)
-        summary["adapter"] = str(_dagger_rounds(data_root, out, cfg, won, bank, summary, progress))
+        summary["adapter"] = str(out / "adapter")
+        if trained["done"]:                      # rounds start from a finished adapter only (a budget may stop it)
+            summary["adapter"] = str(_dagger_rounds(data_root, out, cfg, won, bank, summary, progress))
     (out / "pipeline.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
@@ -99,6 +101,8 @@ def _dagger_rounds(data_root, out: Path, cfg: PipelineConfig, won: list[dict], b
                                            "agreement": round(agreement(rollouts), 3), "steps": trained["steps"],
                                            "done": trained["done"], "seconds": round(time.perf_counter() - t, 1)}
         adapter = out / f"dagger{i}" / "adapter"
+        if not trained["done"]:
+            break
         replay = random.Random(i).sample(rollouts, min(cfg.dagger_replay, len(rollouts)))
     return adapter
 
