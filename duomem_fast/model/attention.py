@@ -22,13 +22,29 @@ def attend(q: Tensor, shared: list[tuple[Tensor, Tensor]], own_k: Tensor | None,
     """q (B, T, Hq, D); shared: [(k (P, Hkv, D), v)]; own_k/v (B, S, Hkv, D) right-padded, causal, valid lengths
     own_lens (B,) (None = all S; query t sits at own position len - T + t). Returns (B, T, Hq, D)."""
     shared = [(k, v) for k, v in shared if k.shape[0] > 0]
-    if impl == "auto":  # decode rows: the native kernel streams KV faster (5.5 vs 3.9 GB/s); prefill: torch flash
-        impl = "ops" if q.shape[1] == 1 and ops.backend(q.device.type) == "native" else "flash"
+    if impl == "auto":
+        impl = _auto(q)
     if impl == "flash" and _FLASH is not None:
         return _attend_flash(q, shared, own_k, own_v, own_lens)
     if impl in ("torch", "flash"):
         return _attend_torch(q, shared, own_k, own_v, own_lens)
+    if impl == "lowp":
+        return _attend_torch(q, shared, own_k, own_v, own_lens, upcast=False)
     return _attend_ops(q, shared, own_k, own_v, own_lens)
+
+
+def _auto(q: Tensor) -> str:
+    """fp32: decode rows -> the native kernel (streams KV at 5.5 vs 3.9 GB/s), else torch's flash kernel. bf16 (one
+    thread, 2,400 keys, ms per forward of 30 layers): up to LOWP_MIN_ROWS query tokens the native kernel (T=4: 26.5
+    vs 32.6 flash), above it bf16 GEMMs with an fp32 softmax (T=69: flash upcasts to fp32 and runs at fp32 speed;
+    oneDNN's bf16 GEMMs run ~4.8x fp32 here)."""
+    native = ops.backend(q.device.type) == "native"
+    if q.dtype == torch.bfloat16 and q.is_cpu:
+        return "lowp" if q.shape[1] > LOWP_MIN_ROWS or not native else "ops"
+    return "ops" if q.shape[1] == 1 and native else "flash"
+
+
+LOWP_MIN_ROWS = 8
 
 
 def _attend_flash(q, shared, own_k, own_v, own_lens) -> Tensor:
@@ -85,33 +101,36 @@ def _attend_ops(q, shared, own_k, own_v, own_lens) -> Tensor:
     return o
 
 
-def _attend_torch(q, shared, own_k, own_v, own_lens) -> Tensor:
+def _attend_torch(q, shared, own_k, own_v, own_lens, upcast: bool = True) -> Tensor:
+    """Grouped matmuls. upcast: every product in fp32 (the readable reference); else the products stay in q.dtype
+    (bf16 GEMMs) and only the softmax runs in fp32, as HF's eager attention does in bf16."""
     B, T, Hq, D = q.shape
     hkv = (shared[0][0] if shared else own_k).shape[-2]
     g = Hq // hkv
-    qg = q.float().reshape(B, T, hkv, g, D).permute(2, 0, 3, 1, 4) * (1.0 / math.sqrt(D))  # (Hkv, B, G, T, D)
+    c = torch.float32 if upcast else q.dtype
+    qg = (q.to(c) * (1.0 / math.sqrt(D))).reshape(B, T, hkv, g, D).permute(2, 0, 3, 1, 4)  # (Hkv, B, G, T, D)
     scores, values = [], []
     for k, v in shared:
-        s = qg.reshape(hkv, B * g * T, D) @ k.float().permute(1, 2, 0)  # (Hkv, BGT, P): KV read once for B rows
+        s = qg.reshape(hkv, B * g * T, D) @ k.to(c).permute(1, 2, 0)  # (Hkv, BGT, P): KV read once for B rows
         scores.append(s.reshape(hkv, B, g, T, -1))
         values.append(v)
     if own_k is not None:
         S = own_k.shape[1]
-        s = qg @ own_k.float().permute(2, 0, 3, 1)[:, :, None]  # (Hkv, B, G, T, S)
+        s = qg @ own_k.to(c).permute(2, 0, 3, 1)[:, :, None]  # (Hkv, B, G, T, S)
         lens = torch.full((B,), S) if own_lens is None else own_lens.long()
         qpos = lens[:, None] - T + torch.arange(T)[None, :]  # (B, T)
         mask = torch.arange(S)[None, None, :] <= qpos[:, :, None]  # (B, T, S)
         scores.append(s.masked_fill(~mask[None, :, None], float("-inf")))
         values.append(own_v)
-    p = torch.softmax(torch.cat(scores, dim=-1), dim=-1)
+    p = torch.softmax(torch.cat(scores, dim=-1), dim=-1, dtype=torch.float32).to(c)
     out, start = None, 0
     for s, v in zip(scores, values):
         n = s.shape[-1]
         part = p[..., start:start + n]
         if v.dim() == 3:  # shared (P, Hkv, D)
-            o = (part.reshape(hkv, B * g * T, n) @ v.float().permute(1, 0, 2)).reshape(hkv, B, g, T, D)
+            o = (part.reshape(hkv, B * g * T, n) @ v.to(c).permute(1, 0, 2)).reshape(hkv, B, g, T, D)
         else:  # own (B, S, Hkv, D)
-            o = part @ v.float().permute(2, 0, 1, 3)[:, :, None]
+            o = part @ v.to(c).permute(2, 0, 1, 3)[:, :, None]
         out = o if out is None else out + o
         start += n
     return out.permute(1, 3, 0, 2, 4).reshape(B, T, Hq, D).to(q.dtype)

@@ -42,8 +42,8 @@ class Decoder:
 
     def __init__(self, cfg: ModelConfig, weights: Weights, dtype: torch.dtype, attn_impl: str = "auto",
                  fused_decode: bool = True) -> None:
-        if attn_impl not in ("auto", "torch", "ops", "flash"):
-            raise ValueError(f"unknown attn_impl {attn_impl!r}: expected 'auto', 'flash', 'torch' or 'ops'")
+        if attn_impl not in ("auto", "torch", "ops", "flash", "lowp"):
+            raise ValueError(f"unknown attn_impl {attn_impl!r}: expected 'auto', 'flash', 'torch', 'lowp' or 'ops'")
         self.cfg, self.w, self.dtype, self.attn_impl = cfg, weights, dtype, attn_impl
         self.fused_decode = fused_decode
         self.rope = Rope(cfg.hf, cfg.head_dim, cfg.max_context)

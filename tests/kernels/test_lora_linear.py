@@ -56,8 +56,9 @@ def test_non_contiguous_and_3d(backend, use_backend):
 
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("wdtype", [torch.bfloat16, torch.float16])
-def test_fp32_activations_16bit_weight(backend, wdtype, use_backend):
-    x, w, a, b, bias = make(4, 111, 37, 16, torch.float32, wdtype=wdtype)
+@pytest.mark.parametrize("M", [4, 19])  # 19: past the GEMV rows, where bf16 x would take bf16 GEMMs
+def test_fp32_activations_16bit_weight(backend, wdtype, M, use_backend):
+    x, w, a, b, bias = make(M, 111, 37, 16, torch.float32, wdtype=wdtype)
     use_backend(backend)
     assert_close(ops.lora_linear(x, w, a, b, 1.0), lora_linear_ref(x, w, a, b, 1.0), torch.float32)
 

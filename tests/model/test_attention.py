@@ -1,0 +1,40 @@
+"""The attention paths of model/attention.py against the fp32 grouped-matmul reference, in bf16."""
+import pytest
+import torch
+
+from duomem_fast import ops
+from duomem_fast.model.attention import _auto, attend
+
+
+def _inputs(B, T, P, S, dtype, hq=6, hkv=2, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, T, hq, d, generator=g).to(dtype)
+    shared = [(torch.randn(P, hkv, d, generator=g).to(dtype), torch.randn(P, hkv, d, generator=g).to(dtype))]
+    own_k, own_v = (torch.randn(B, S, hkv, d, generator=g).to(dtype) for _ in range(2))
+    lens = torch.tensor([S - i for i in range(B)]) if B > 1 else None
+    return q, shared, own_k, own_v, lens
+
+
+@pytest.mark.parametrize("impl", ["lowp", "flash", "ops"])
+@pytest.mark.parametrize("B,T", [(1, 1), (1, 5), (2, 19)])
+def test_bf16_paths_track_the_fp32_reference(impl, B, T):
+    q, shared, own_k, own_v, lens = _inputs(B, T, 37, 23, torch.bfloat16)
+    ref = attend(q.float(), [(k.float(), v.float()) for k, v in shared], own_k.float(), own_v.float(), lens, "torch")
+    out = attend(q, shared, own_k, own_v, lens, impl)
+    assert out.dtype == torch.bfloat16 and out.shape == ref.shape
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+
+
+def test_lowp_in_fp32_is_the_reference():
+    q, shared, own_k, own_v, lens = _inputs(2, 7, 11, 13, torch.float32)
+    a = attend(q, shared, own_k, own_v, lens, "lowp")
+    torch.testing.assert_close(a, attend(q, shared, own_k, own_v, lens, "torch"), atol=1e-5, rtol=1e-5)
+
+
+def test_auto_choice():
+    native = ops.backend("cpu") == "native"
+    bf = torch.zeros(1, 69, 6, 16, dtype=torch.bfloat16)
+    assert _auto(bf) == "lowp"  # bf16 prefill: bf16 GEMMs
+    assert _auto(bf[:, :4]) == ("ops" if native else "lowp")
+    assert _auto(bf[:, :4].float()) == "flash"  # fp32 behaviour unchanged
+    assert _auto(bf[:, :1].float()) == ("ops" if native else "flash")
