@@ -8,7 +8,8 @@ expert's take/use/heat steps well under half the time; whole-sequence scores mat
 The objective here is each candidate's full reply probability, log p(candidate tokens, end of turn | context),
 as Session.score would give plus the end-of-turn. Search: a heap of trie nodes keyed by the log-prob of their
 path; every extension adds a log-prob <= 0, so the first complete candidate popped is the argmax (uniform-cost
-search). A node holding a single candidate is scored in full with one forward over its tokens. Evaluating a node
+search). A node holding a single candidate is scored in full with one forward over its tokens; a node whose
+candidates share their next tokens walks that whole radix edge in one forward. Evaluating a node
 runs its path's tokens after the context and then drops their KV: nothing is copied, and unlikely branches are
 never expanded. Typical cost on an ALFWorld step: a few forwards of 1-8 tokens, against one forward over all
 candidates' tokens (~170) for Session.score.
@@ -59,8 +60,8 @@ def _search(session: "Session", seqs: list[tuple[int, ...]], eos: list[int], bou
         if len(alive) == 1:
             children = [(_full_score(session, root, seqs[alive[0]], eos), alive, True)]
         else:
-            logp = root if not path else _logp_after(session, path)[-1]
-            children = [(-neg + _option(logp, key, eos), tuple(members), key == END)
+            score, path, logp = _descend(session, root, path, _shared_run(seqs, alive, len(path)), -neg)
+            children = [(score + _option(logp, key, eos), tuple(members), key == END)
                         for key, members in branch(seqs, list(alive), len(path)).items()]
         for score, members, complete in children:
             for m in members:
@@ -69,6 +70,30 @@ def _search(session: "Session", seqs: list[tuple[int, ...]], eos: list[int], bou
             heapq.heappush(heap, (-score, tick, path + (seqs[members[0]][len(path)],) if not complete else path,
                                   members[:1] if complete else members, complete))
     raise AssertionError("the search ended without a complete candidate")
+
+
+def _shared_run(seqs: list[tuple[int, ...]], alive: tuple[int, ...], depth: int) -> tuple[int, ...]:
+    """The tokens every alive seq takes after `depth` before they branch (or one ends): a radix edge."""
+    first = seqs[alive[0]]
+    n = min(len(seqs[i]) for i in alive)
+    k = depth
+    while k < n and all(seqs[i][k] == first[k] for i in alive):
+        k += 1
+    return first[depth:k]
+
+
+def _descend(session: "Session", root: torch.Tensor, path: tuple[int, ...], run: tuple[int, ...],
+             score: float) -> tuple[float, tuple[int, ...], torch.Tensor]:
+    """Walk a radix edge with one forward: (score + log p(run | path), path + run, log-probs after it).
+    Without the edge ("go" is always followed by " to") each of its tokens costs a forward of its own."""
+    if not path and not run:
+        return score, path, root
+    full = path + run
+    rows = _logp_after(session, full)  # rows[j]: after full[j]
+    for j, t in enumerate(run):
+        at = len(path) + j  # t's position in full; its distribution comes after the token before it
+        score += float(root[t] if at == 0 else rows[at - 1, t])
+    return score, full, rows[-1]
 
 
 def _full_score(session: "Session", root: torch.Tensor, seq: tuple[int, ...], eos: list[int]) -> float:

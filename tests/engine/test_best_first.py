@@ -82,3 +82,19 @@ def test_conversation_choose_best(pair):
     assert conv.messages[-1] == {"role": "assistant", "content": COMMANDS[idx]}
     with pytest.raises(ValueError, match="at least one candidate"):
         conv.choose([], method="best")
+
+
+def test_shared_run_costs_one_forward(pair, monkeypatch):
+    """Candidates that share their first six tokens: the radix edge is one forward, not one per token."""
+    engine, hf = pair
+    context = list(range(5, 45))
+    cands = ["take apple 1 from countertop 1", "take apple 1 from countertop 2"]
+    calls = []
+    run_all = type(engine)._run_all
+    monkeypatch.setattr(type(engine), "_run_all", lambda self, s, ids: calls.append(len(ids)) or run_all(self, s, ids))
+    idx, scores = choose_best(_session(engine, context), cands)
+    ids = [engine._ids(c) for c in cands]
+    assert ids[0][:-1] == ids[1][:-1] and len(ids[0]) >= 5
+    assert len(calls) <= 3, calls  # the edge, then at most both leaves
+    ref = _ref_scores(hf, context, ids, sorted(engine.eos_ids))
+    assert idx == max(range(2), key=ref.__getitem__) and scores[idx] == pytest.approx(ref[idx], abs=1e-3)
