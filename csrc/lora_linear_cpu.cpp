@@ -182,11 +182,12 @@ void dispatch_lora(const Gemv& g, const WT* W, int64_t ldw, const at::Tensor& A,
 // M=32 835/687; 1536x576: M=16 333/396, M=24 568/538.
 constexpr int64_t kGemvMaxRows = 16;
 
-// bf16 x and weights stay bf16: oneDNN's bf16 GEMM (AVX512-BF16) runs ~4x the fp32 FLOPs here (M=69, 576x1536:
-// 313 us vs 1287 us fp32 on one thread); each product comes back in fp32 to be summed. fp32 x keeps fp32 products.
+// bf16 weights stay bf16: x is rounded to bf16 (as every bf16 GEMM does: oneDNN, llama.cpp, tl.dot) and oneDNN's
+// bf16 GEMM (AVX512-BF16) runs ~4x the fp32 FLOPs here (M=69, 576x1536: 313 us vs 1287 us fp32 on one thread);
+// each product comes back in fp32 to be summed, and y is fp32 before the final cast to x's dtype.
 at::Tensor gemm_path(const at::Tensor& xf, const at::Tensor& w, const at::Tensor& A, const at::Tensor& B,
-                     const at::Tensor& scales, const at::Tensor& bias, const at::Tensor& ids, bool multi, bool x_bf16) {
-  const bool lowp = x_bf16 && w.scalar_type() == at::kBFloat16;
+                     const at::Tensor& scales, const at::Tensor& bias, const at::Tensor& ids, bool multi) {
+  const bool lowp = w.scalar_type() == at::kBFloat16;
   const at::Tensor xg = lowp ? xf.to(at::kBFloat16) : xf;
   at::Tensor y;
   if (lowp) {
@@ -280,7 +281,7 @@ at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
   }
   if (M > kGemvMaxRows) {
     scales = at::tensor(scale_buf.empty() ? std::vector<float>{1.f} : scale_buf);
-    y.view({M, N}).copy_(gemm_path(xf, w, A, B, scales, bf, ids, multi, xb.defined()));
+    y.view({M, N}).copy_(gemm_path(xf, w, A, B, scales, bf, ids, multi));
   } else if (M > 0 && N > 0) {
     const int64_t nbytes = w.nbytes() + (A.defined() ? A.nbytes() + B.nbytes() : 0);
     g.prefetch = weight_reuse().should_prefetch(w.data_ptr(), nbytes);

@@ -23,10 +23,15 @@ def parse_dtype(dtype) -> torch.dtype:
 
 
 def build_engine(cls, model, adapter, merge_lora: bool, dtype, attn_impl: str = "auto",
-                 prefix_budget_bytes: int = 2 << 30, lookahead: int = 0, fused_decode: bool = True):
+                 prefix_budget_bytes: int = 2 << 30, lookahead: int = 0, fused_decode: bool = True,
+                 weight_dtype=None):
     from transformers import AutoTokenizer
 
     dtype = parse_dtype(dtype)
+    wdtype = dtype if weight_dtype is None else parse_dtype(weight_dtype)
+    if wdtype != dtype and (dtype, wdtype) != (torch.float32, torch.bfloat16):
+        raise ValueError(f"weight_dtype {weight_dtype!r} with dtype {dtype}: only bfloat16 weights under float32 "
+                         "activations are supported (or weight_dtype = dtype)")
     model_dir = resolve_model_dir(model)
     cfg = load_config(model_dir)
     weights = build_weights(cfg, read_tensors(model_dir), torch.float32 if adapter else dtype)
@@ -40,12 +45,24 @@ def build_engine(cls, model, adapter, merge_lora: bool, dtype, attn_impl: str = 
         _cast(weights, dtype)
         if not merge_lora:
             attach_adapter(weights, cfg, lora)
+    if wdtype != dtype:
+        _cast_linears(weights, wdtype)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    fingerprint = model_fingerprint(weight_files(model_dir), model_dir / "config.json", digest, merge_lora, dtype)
+    fingerprint = model_fingerprint(weight_files(model_dir), model_dir / "config.json", digest, merge_lora, dtype,
+                                    None if wdtype == dtype else wdtype)
     engine = cls(Decoder(cfg, weights, dtype, attn_impl, fused_decode), tokenizer, fingerprint, Path(model_dir),
                  prefix_budget_bytes, lookahead)
     engine.adapter_path, engine.merged = (Path(adapter) if adapter else None), bool(merge_lora and adapter)
     return engine
+
+
+def _cast_linears(weights, dtype: torch.dtype) -> None:
+    """Only the projection matrices and lm_head in `dtype` (half the bytes per decode token for bf16); embeddings,
+    norms, biases and LoRA factors keep theirs, and activations, residual stream and KV stay in the engine dtype."""
+    for lw in weights.layers:
+        for name in ("qkv", "o", "gate_up", "down"):
+            setattr(lw, name, getattr(lw, name).to(dtype))
+    weights.lm_head = weights.lm_head.to(dtype)  # a tied embedding stays fp32 for the lookup
 
 
 def _cast(weights, dtype: torch.dtype) -> None:

@@ -42,9 +42,10 @@ class Engine:
                         merge_lora: bool = False, dtype: str | torch.dtype | None = None, **options) -> "Engine":
         """Load a model (None = the default SmolLM2-135M-Instruct; or a local HF directory) and optionally a PEFT
         LoRA adapter directory, merged into the weights or kept unmerged. dtype: None/"float32" or "bfloat16".
-        options: attn_impl ("auto" | "flash" | "torch" | "ops"), prefix_budget_bytes, lookahead (greedy prompt-lookup
-        draft length, 0 = off), fused_decode (True: decode tokens run the layer stack in one native call where
-        built; False: the eager layer loop)."""
+        options: attn_impl ("auto" | "flash" | "torch" | "lowp" | "ops"), prefix_budget_bytes, lookahead (greedy
+        prompt-lookup draft length, 0 = off), fused_decode (True: decode tokens run the layer stack in one native
+        call where built; False: the eager layer loop), weight_dtype ("bfloat16" under dtype float32: projection
+        weights stored in bf16, half the bytes per token, while activations and KV stay fp32)."""
         from duomem_fast.engine.build import build_engine
 
         return build_engine(cls, model, adapter, merge_lora, dtype, **options)

@@ -26,11 +26,13 @@ def file_digest(path: Path, full: bool = False) -> str:
 
 
 def model_fingerprint(files: list[Path], config: Path, adapter_digest: str | None, merged: bool,
-                      dtype: torch.dtype) -> str:
-    """One short hex id for (weights, adapter content, merged, dtype, KV format)."""
+                      dtype: torch.dtype, weight_dtype: torch.dtype | None = None) -> str:
+    """One short hex id for (weights, adapter content, merged, dtype, weight dtype where it differs, KV format)."""
     h = hashlib.sha256(FORMAT.encode())
     h.update(file_digest(config, full=True).encode())
     for f in files:
         h.update(file_digest(f).encode())
     h.update(f"adapter={adapter_digest}|merged={merged and adapter_digest is not None}|dtype={dtype}".encode())
+    if weight_dtype is not None:
+        h.update(f"|weights={weight_dtype}".encode())
     return h.hexdigest()[:24]

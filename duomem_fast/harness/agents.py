@@ -2,7 +2,8 @@
 
     expert[,seed=0]                          ALFWorld's handcoded expert (reads the game state)
     random[,seed=0]                          a uniformly random admissible command (a floor to compare against)
-    engine[,model=M,adapter=A|none,memory=B|none,k=2,mode=score|generate,choose=best|greedy|sum|mean,merge=0|1,dtype=bfloat16,
+    engine[,model=M,adapter=A|none,memory=B|none,k=2,mode=score|generate,choose=best|greedy|sum|mean,merge=0|1,
+           dtype=float32|bfloat16,wdtype=bfloat16 (weights only: activations and KV keep dtype),
            parts=script|trajectory|both,placement=system|after_obs,share=1|0,threads=1,
            norepeat=0|1]
                                              our engine; defaults: the shipped DuoMem student
@@ -31,7 +32,7 @@ KINDS = ("expert", "random", "engine", "hf", "openai")
 PRESETS = {"duomem": {}, "base": {"adapter": "none", "memory": "none"}, "memories": {"adapter": "none"},
            "lora": {"memory": "none"}}
 OPTIONS = {"expert": {"seed"}, "random": {"seed"},
-           "engine": {"model", "adapter", "memory", "k", "mode", "choose", "merge", "dtype", "parts", "placement",
+           "engine": {"model", "adapter", "memory", "k", "mode", "choose", "merge", "dtype", "wdtype", "parts", "placement",
                       "share", "threads", "norepeat"},
            "openai": {"model", "timeout", "retries", "rate", "history", "max_tokens"}}
 OPTIONS["hf"] = OPTIONS["engine"]

@@ -16,15 +16,16 @@ import threading
 from .agents import Agent, AgentSpec, _int, _local_plan, _remote_env_plan
 from .guard import GuardedEngine
 
-_ENGINES: dict[tuple, object] = {}     # (model, adapter, merge, dtype) -> Engine, shared by ablation arms
+_ENGINES: dict[tuple, object] = {}     # (model, adapter, merge, dtype, wdtype) -> Engine, shared by ablation arms
 
 
-def _engine(model, adapter, merge: bool, dtype):
+def _engine(model, adapter, merge: bool, dtype, wdtype=None):
     from ..engine import Engine
 
-    key = (model, adapter, merge, dtype)
+    key = (model, adapter, merge, dtype, wdtype)
     if key not in _ENGINES:
-        _ENGINES[key] = Engine.from_pretrained(model=model, adapter=adapter, merge_lora=merge, dtype=dtype)
+        _ENGINES[key] = Engine.from_pretrained(model=model, adapter=adapter, merge_lora=merge, dtype=dtype,
+                                               weight_dtype=wdtype)
     return _ENGINES[key]
 
 
@@ -103,7 +104,7 @@ def _engine_parts(spec: AgentSpec) -> tuple:
     opts = {"adapter": adapter, "mode": spec.options.get("mode", "score"), "parts": spec.options.get("parts", "script"),
             "k": _int(spec, "k", 2), "placement": spec.options.get("placement", "system"),
             "choose": spec.options.get("choose", "best"), "norepeat": _flag(spec, "norepeat", False)}
-    engine = _engine(model, adapter, merge, dtype)
+    engine = _engine(model, adapter, merge, dtype, spec.options.get("wdtype"))
     return engine, MemoryBank.load(memory) if memory else None, opts
 
 

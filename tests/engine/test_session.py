@@ -189,6 +189,33 @@ def test_bf16_tracks_fp32(tiny_dirs):
         Engine.from_pretrained(tiny_dirs["llama"], dtype="float8")
 
 
+def test_bf16_weights_under_fp32_activations(tiny_dirs, tmp_path):
+    """weight_dtype=bfloat16: the projections are stored in bf16, everything else stays fp32. Rows the GEMV takes
+    (<= 16 tokens) equal an fp32 engine whose weights were rounded through bf16; longer appends round x to bf16 for
+    the GEMM. Decode in one native call and in the eager loop agree; the identity names the weight dtype."""
+    from duomem_fast.model.testing import make_random_adapter
+
+    ad = make_random_adapter(tiny_dirs["llama"], tmp_path / "ad", r=4)
+    mixed = Engine.from_pretrained(tiny_dirs["llama"], adapter=ad, weight_dtype="bfloat16")
+    assert mixed.decoder.w.layers[0].qkv.dtype == torch.bfloat16 and mixed.decoder.w.embed.dtype == torch.float32
+    rounded = Engine.from_pretrained(tiny_dirs["llama"], adapter=ad)
+    for lw in rounded.decoder.w.layers:
+        for name in ("qkv", "o", "gate_up", "down"):
+            setattr(lw, name, getattr(lw, name).to(torch.bfloat16).float())
+    rounded.decoder.w.lm_head = rounded.decoder.w.lm_head.to(torch.bfloat16).float()
+    short, long = _ids(12, 40), _ids(40, 41)
+    torch.testing.assert_close(mixed.session(short).logits, rounded.session(short).logits, atol=1e-4, rtol=1e-4)
+    a, b = mixed.session(long).logits, rounded.session(long).logits
+    assert (a - b).abs().max() < 0.05 * b.abs().max()
+    eager = Engine.from_pretrained(tiny_dirs["llama"], adapter=ad, weight_dtype="bfloat16", fused_decode=False)
+    assert mixed.session(short).generate(8) == eager.session(short).generate(8)
+    prints = {mixed.fingerprint, rounded.fingerprint,
+              Engine.from_pretrained(tiny_dirs["llama"], adapter=ad, dtype="bfloat16").fingerprint}
+    assert len(prints) == 3
+    with pytest.raises(ValueError, match="only bfloat16 weights under float32 activations"):
+        Engine.from_pretrained(tiny_dirs["llama"], dtype="bfloat16", weight_dtype="float32")
+
+
 @pytest.mark.parametrize("impl", ["torch", "ops"])
 def test_attention_paths_agree_end_to_end(tiny_dirs, engine, impl):
     other = Engine.from_pretrained(tiny_dirs["qwen3"], attn_impl=impl)
