@@ -83,7 +83,12 @@ def for_workers(spec: AgentSpec, workers: int, threads: int | None = None) -> Ag
 
     import torch
 
-    if spec.kind not in ("engine", "hf") or "share" in spec.options or workers < 2 or torch.cuda.is_available():
+    if spec.kind not in ("engine", "hf"):
+        return spec
+    if "share" in spec.options:  # the spec decides; an explicit --threads still reaches its per-worker engines
+        own = spec.options["share"] == "0" and "threads" not in spec.options and threads is not None
+        return parse_agent(spec.text + f",threads={threads}") if own else spec
+    if workers < 2 or torch.cuda.is_available():
         return spec
     extra = ",share=0"
     if "threads" not in spec.options:

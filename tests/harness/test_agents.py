@@ -78,5 +78,7 @@ def test_parallel_engine_runs_on_a_cpu_default_to_an_engine_per_worker(monkeypat
     assert for_workers(parse_agent("duomem"), 8).options["threads"] == "1"
     for kept in ("duomem,share=1", "duomem,share=0,threads=2"):               # what the user said stands
         assert for_workers(parse_agent(kept), 2).options == parse_agent(kept).options
+    assert for_workers(parse_agent("duomem,share=0"), 2, threads=2).options["threads"] == "2"  # --threads reaches
+    assert "threads" not in for_workers(parse_agent("duomem,share=1"), 2, threads=2).options  # a shared engine
     assert "share" not in for_workers(parse_agent("duomem"), 1).options      # one episode at a time: one engine
     assert for_workers(parse_agent("expert"), 2).options == {}
