@@ -100,11 +100,12 @@ def _engine_parts(spec: AgentSpec) -> tuple:
     model = spec.target if spec.kind == "hf" else spec.options.get("model")
     adapter = _option_path(spec, "adapter", default_adapter_dir, "LoRA adapter")
     memory = _option_path(spec, "memory", default_bank_path, "memory bank")
-    merge, dtype = _flag(spec, "merge", False), spec.options.get("dtype")
+    merge, dtype = _flag(spec, "merge", True), spec.options.get("dtype")
+    wdtype = spec.options.get("wdtype", "bfloat16" if dtype in (None, "float32", "fp32") else None)
     opts = {"adapter": adapter, "mode": spec.options.get("mode", "score"), "parts": spec.options.get("parts", "script"),
             "k": _int(spec, "k", 2), "placement": spec.options.get("placement", "system"),
             "choose": spec.options.get("choose", "best"), "norepeat": _flag(spec, "norepeat", False)}
-    engine = _engine(model, adapter, merge, dtype, spec.options.get("wdtype"))
+    engine = _engine(model, adapter, merge, dtype, wdtype)
     return engine, MemoryBank.load(memory) if memory else None, opts
 
 

@@ -7,6 +7,7 @@ matmul path.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -70,10 +71,16 @@ def _attend_flash(q, shared, own_k, own_v, own_lens) -> Tensor:
 
 
 def _own_mask(B: int, T: int, S: int, lens: Tensor | None, g: int, dtype) -> Tensor | None:
-    """Additive causal mask (B, 1, g·T, S) for right-padded own KV; None when every row sees all S keys."""
+    """Additive causal mask (B, 1, g·T, S) for right-padded own KV; None when every row sees all S keys. Every layer
+    of a forward asks for the same mask: built once (1.4 of ~28 ms per 4-token forward when built per layer)."""
     if T == 1 and lens is None:
         return None
-    lens = torch.full((B,), S) if lens is None else lens.long()
+    return _own_mask_built(B, T, S, None if lens is None else tuple(lens.tolist()), g, dtype)
+
+
+@functools.lru_cache(maxsize=4)
+def _own_mask_built(B: int, T: int, S: int, lens: tuple[int, ...] | None, g: int, dtype) -> Tensor:
+    lens = torch.full((B,), S) if lens is None else torch.tensor(lens)
     qpos = lens[:, None] - T + torch.arange(T)[None]  # (B, T)
     ok = torch.arange(S)[None, None] <= qpos[:, :, None]
     mask = torch.zeros(B, T, S, dtype=dtype).masked_fill_(~ok, float("-inf"))
