@@ -1,7 +1,7 @@
 """The agent's use of the model, end to end: a playbook prefix, then steps of (append observation, decode a command).
 
     python benchmarks/bench_agent_step.py [--steps 20] [--playbook 2000] [--threads 1] [--batch 4] [--lookahead 4]
-                                          [--bf16] [--json runs/agent_step.json]
+                                          [--no-wbf16] [--bf16] [--json runs/agent_step.json]
 
 Default model (SmolLM2-135M-Instruct, fp32) with a random LoRA adapter (r=16 on all linear layers, nonzero B).
 A playbook of --playbook tokens, then --steps steps each appending a 60-token observation and decoding 12 tokens
@@ -14,7 +14,8 @@ greedily (EOS ignored, so every engine does the same work). Engines, in one proc
   5. ours merged         duomem_fast Engine, adapter merged
   extra rows: ours unmerged with the eager layer loop (fused_decode=False: the decode step before ops.decode_step;
   --eager-row), ours with --batch sessions decoding together (times per session), ours with greedy prompt-lookup
-  drafts (--lookahead; exact greedy, so it faces the same gate), ours in bf16 (--bf16; not token-exact in general)
+  drafts (--lookahead; exact greedy, so it faces the same gate), ours with bf16 projection weights under fp32
+  activations and KV (--wbf16, unmerged and merged: the agents' default; same gate), ours all in bf16 (--bf16)
 Correctness gate first: each engine's greedy tokens must equal transformers' with the adapter merged (engine 2) on
 the first --gate-steps steps; an engine that fails reports no speed. Then per engine: seconds per step (median,
 p10, p90), prefill tok/s (the playbook), decode ms/token, and decode as % of the bandwidth limit (bytes read per
@@ -244,6 +245,8 @@ def main(argv=None) -> dict:
     p.add_argument("--lookahead", type=int, default=4, help="also run ours with prompt-lookup drafts (0: off)")
     p.add_argument("--eager-row", action=argparse.BooleanOptionalAction, default=True,
                    help="also run ours unmerged with the eager layer loop (fused_decode=False)")
+    p.add_argument("--wbf16", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run ours with bf16 projection weights under fp32 activations (same gate)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False, help="also run ours merged bf16")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
@@ -295,6 +298,11 @@ def main(argv=None) -> dict:
         ours.lookahead = args.lookahead
         results[name] = run_engine(Ours(ours), playbook, observations)
         ours.lookahead = 0
+    if args.wbf16:  # projection weights in bf16, activations and KV fp32: the agents' default
+        for name, merge in (("ours unmerged, bf16 weights", False), ("ours merged, bf16 weights", True)):
+            print(f"running {name} ...", flush=True)
+            engines[name] = Engine.from_pretrained(None, adapter=adapter, merge_lora=merge, weight_dtype="bfloat16")
+            results[name] = run_engine(Ours(engines[name]), playbook, observations)
     if args.bf16:
         print("running ours merged bf16 ...", flush=True)
         engines["ours merged bf16"] = Engine.from_pretrained(None, adapter=adapter, merge_lora=True, dtype="bfloat16")
