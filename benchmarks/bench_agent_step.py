@@ -303,6 +303,12 @@ def main(argv=None) -> dict:
             print(f"running {name} ...", flush=True)
             engines[name] = Engine.from_pretrained(None, adapter=adapter, merge_lora=merge, weight_dtype="bfloat16")
             results[name] = run_engine(Ours(engines[name]), playbook, observations)
+        if args.lookahead:  # both exact: the fastest configuration that still faces the gate
+            name, fast = f"ours merged, bf16 weights, lookahead {args.lookahead}", engines["ours merged, bf16 weights"]
+            print(f"running {name} ...", flush=True)
+            engines[name], fast.lookahead = fast, args.lookahead
+            results[name] = run_engine(Ours(fast), playbook, observations)
+            fast.lookahead = 0
     if args.bf16:
         print("running ours merged bf16 ...", flush=True)
         engines["ours merged bf16"] = Engine.from_pretrained(None, adapter=adapter, merge_lora=True, dtype="bfloat16")
