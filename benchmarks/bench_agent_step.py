@@ -1,7 +1,7 @@
 """The agent's use of the model, end to end: a playbook prefix, then steps of (append observation, decode a command).
 
     python benchmarks/bench_agent_step.py [--steps 20] [--playbook 2000] [--threads 1] [--batch 4] [--lookahead 4]
-                                          [--no-wbf16] [--bf16] [--json runs/agent_step.json]
+                                          [--no-wbf16] [--bf16] [--llama-convert PATH] [--json runs/agent_step.json]
 
 Default model (SmolLM2-135M-Instruct, fp32) with a random LoRA adapter (r=16 on all linear layers, nonzero B).
 A playbook of --playbook tokens, then --steps steps each appending a 60-token observation and decoding 12 tokens
@@ -9,7 +9,8 @@ greedily (EOS ignored, so every engine does the same work). Engines, in one proc
   1. hf+peft re-encode   transformers + peft, adapter unmerged, the whole prompt re-encoded every step (what people
                          do today; timed on --reencode-steps of the steps, its history taken from the reference)
   2. hf merged+cache     transformers, adapter merged, playbook and history KV kept in a DynamicCache (best practice)
-  3. llama.cpp           llama-cpp-python on the same weights (skipped with a message when not installed)
+  3. llama.cpp           llama-cpp-python on an F32 GGUF of the merged model, exported with llama.cpp's own
+                         convert_hf_to_gguf.py (--llama-convert; skipped with a message when either is missing)
   4. ours unmerged       duomem_fast Engine, adapter applied per layer (fused lora_linear)
   5. ours merged         duomem_fast Engine, adapter merged
   extra rows: ours unmerged with the eager layer loop (fused_decode=False: the decode step before ops.decode_step;
@@ -213,24 +214,89 @@ def decode_bytes(engine, mean_context: int, unmerged: bool, sessions: int = 1) -
     return total / sessions + kv
 
 
-def _hf_models(model_dir, adapter):
+def _hf_models(model_dir, adapter, peft: bool = True):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     load = lambda: AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()  # noqa: E731
     return (PeftModel.from_pretrained(load(), adapter).merge_and_unload().eval(),
-            PeftModel.from_pretrained(load(), adapter).eval())
+            PeftModel.from_pretrained(load(), adapter).eval() if peft else None)
 
 
-def _llama_cpp_row() -> dict:
+class LlamaCpp:
+    """llama.cpp (llama-cpp-python) on an F32 GGUF of the merged model: one context, only new tokens evaluated,
+    greedy from the last token's logits (the same protocol as HFCached)."""
+
+    def __init__(self, llm):
+        import llama_cpp
+
+        self.llm, self.lib = llm, llama_cpp
+
+    def _last_logits(self):
+        import numpy as np
+
+        ptr = self.lib.llama_get_logits_ith(self.llm._ctx.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),))
+
+    def start(self, playbook):
+        self.llm.reset()
+        self.pending = []
+        t0 = time.perf_counter()
+        self.llm.eval(playbook)
+        return time.perf_counter() - t0
+
+    def step(self, obs, n):
+        t0 = time.perf_counter()
+        self.llm.eval(self.pending + obs)
+        t1 = time.perf_counter()
+        gen = []
+        for i in range(n):
+            if i:
+                self.llm.eval(gen[-1:])
+            gen.append(int(self._last_logits().argmax()))
+        self.pending = gen[-1:]
+        return gen, t1 - t0, time.perf_counter() - t1
+
+
+def export_gguf(model_dir, adapter, out: Path, convert: str, outtypes=("f32", "bf16")) -> dict[str, Path]:
+    """The adapter merged (peft), saved as an HF directory, converted by llama.cpp's own convert_hf_to_gguf.py."""
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    merged, _ = _hf_models(model_dir, adapter, peft=False)
+    merged.save_pretrained(out / "merged_hf")
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out / "merged_hf")
+    files = {t: out / f"merged-{t}.gguf" for t in outtypes}
+    for t, gguf in files.items():
+        subprocess.run([sys.executable, convert, str(out / "merged_hf"), "--outtype", t, "--outfile", str(gguf)],
+                       check=True, capture_output=True)
+    return files
+
+
+def _llama_cpp_results(args, model_dir, adapter, tmp, playbook, observations) -> dict:
+    """Row 3's runs (F32, and BF16 weights beside ours with bf16 weights), or {} (printed why) where
+    llama-cpp-python or the converter is missing."""
     try:
-        import llama_cpp  # noqa: F401
+        import llama_cpp
     except ImportError:
         print("llama.cpp: skipped (llama-cpp-python is not installed; `pip install llama-cpp-python` builds it "
               "from source in about 8 minutes)")
-        return {"engine": "llama.cpp F32", "gate": "skipped: llama-cpp-python not installed"}
-    print("llama.cpp: skipped (installed, but exporting the merged adapter to an F32 GGUF is not wired up yet)")
-    return {"engine": "llama.cpp F32", "gate": "skipped: F32 GGUF export not wired"}
+        return {}
+    if not args.llama_convert or not Path(args.llama_convert).is_file():
+        print("llama.cpp: skipped (--llama-convert PATH to llama.cpp's convert_hf_to_gguf.py is needed to export the "
+              "merged model to an F32 GGUF: the llama-cpp-python sdist has it under vendor/llama.cpp/)")
+        return {}
+    out = {}
+    for kind, gguf in export_gguf(model_dir, adapter, tmp, args.llama_convert).items():
+        name = f"llama.cpp {kind.upper()}"
+        print(f"running 3. {name} ...", flush=True)
+        llm = llama_cpp.Llama(str(gguf), n_ctx=4096, n_batch=512, n_threads=args.threads,
+                              n_threads_batch=args.threads, verbose=False)
+        out[name] = run_engine(LlamaCpp(llm), playbook, observations)
+        del llm
+    return out
 
 
 def main(argv=None) -> dict:
@@ -248,6 +314,8 @@ def main(argv=None) -> dict:
     p.add_argument("--wbf16", action=argparse.BooleanOptionalAction, default=True,
                    help="also run ours with bf16 projection weights under fp32 activations (same gate)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False, help="also run ours merged bf16")
+    p.add_argument("--llama-convert", default=None, metavar="PATH",
+                   help="llama.cpp's convert_hf_to_gguf.py, to run row 3 on an F32 GGUF of the merged model")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -274,6 +342,8 @@ def main(argv=None) -> dict:
     print(f"running 1. hf+peft re-encode on steps {subset} ...", flush=True)
     results["hf+peft re-encode"] = run_engine(HFReencode(peft_hf), playbook, observations, subset, reference)
     del peft_hf
+    llama = _llama_cpp_results(args, model_dir, adapter, tmp, playbook, observations)
+    results.update(llama)
     engines = {}
     for name, merge in (("ours unmerged", False), ("ours merged", True)):
         print(f"running {name} ...", flush=True)
@@ -317,9 +387,10 @@ def main(argv=None) -> dict:
     for name in order:
         unmerged = "unmerged" in name or "peft" in name
         rows.append(summarize(name, results[name], args.playbook, reference, args.gate_steps,
-                              decode_bytes(engines.get(name, ours), mean_ctx, unmerged,
+                              decode_bytes(_weights_like(name, engines, ours), mean_ctx, unmerged,
                                            args.batch if "batch" in name else 1), bandwidth))
-    rows.insert(2, _llama_cpp_row())
+    if not llama:
+        rows.insert(2, {"engine": "llama.cpp F32", "gate": "skipped (see above)"})
     cols = ["engine", "gate", "steps_equal", "s_per_step", "p10", "p90", "cpu_s_per_step", "prefill_tok_s",
             "decode_ms_tok", "pct_bw_limit"]
     print()
@@ -333,6 +404,13 @@ def main(argv=None) -> dict:
     if args.json:
         print("wrote", write_json(args.json, payload))
     return payload
+
+
+def _weights_like(name, engines, ours):
+    """The engine whose weights a row reads per decode token: its own, else ours merged in the same precision."""
+    if name in engines:
+        return engines[name]
+    return engines.get("ours merged, bf16 weights" if "BF16" in name else "ours merged", ours)
 
 
 def _scaling(engine, tok, args, bandwidth) -> list[dict]:
@@ -365,6 +443,12 @@ def _targets(rows) -> list[str]:
         out.append(f"unmerged over merged: {100 * (ratio(u, m, 's_per_step') - 1):+.1f}% wall, "
                    f"{100 * (ratio(u, m, 'cpu_s_per_step') - 1):+.1f}% CPU per step (target <= +5%)")
     out.append(f"ours unmerged decode: {u['pct_bw_limit']:.0f}% of the bandwidth limit (target >= 70%)")
+    for mine, theirs in (("ours unmerged", "llama.cpp F32"), ("ours merged", "llama.cpp F32"),
+                         ("ours unmerged, bf16 weights", "llama.cpp BF16"),
+                         ("ours merged, bf16 weights", "llama.cpp BF16")):
+        if mine in r and theirs in r:
+            out.append(f"{mine} vs {theirs}: {ratio(r[theirs], r[mine], 's_per_step'):.2f}x per step wall, decode "
+                       f"{r[mine]['decode_ms_tok']:.1f} vs {r[theirs]['decode_ms_tok']:.1f} ms/token (target: faster)")
     base = r.get("hf merged+cache")
     for name, row in r.items():
         if base and name.startswith("ours") and name not in ("ours unmerged", "ours merged"):
