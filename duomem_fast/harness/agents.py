@@ -35,8 +35,8 @@ KINDS = ("expert", "random", "engine", "hf", "openai")
 PRESETS = {"duomem": {}, "base": {"adapter": "none", "memory": "none"}, "memories": {"adapter": "none"},
            "lora": {"memory": "none"}}
 OPTIONS = {"expert": {"seed"}, "random": {"seed"},
-           "engine": {"model", "adapter", "memory", "k", "mode", "choose", "merge", "dtype", "wdtype", "parts", "placement",
-                      "share", "threads", "norepeat"},
+           "engine": {"model", "adapter", "memory", "k", "mode", "choose", "merge", "dtype", "wdtype", "parts",
+                      "placement", "share", "threads", "norepeat"},
            "openai": {"model", "timeout", "retries", "rate", "history", "max_tokens"}}
 OPTIONS["hf"] = OPTIONS["engine"]
 
