@@ -37,11 +37,10 @@ def variant_policy(spec: str, bank):
     engine = Engine.from_pretrained(None, adapter=default_adapter_dir(), merge_lora=kv.get("merge", "0") == "1",
                                     dtype=dtype, weight_dtype=kv.get("wdtype"))
     if kv.get("round") == "1":  # weights rounded through bf16, computed in fp32: what bf16 storage alone costs
-        w = engine.decoder.w
-        for lw in w.layers:
-            for name in ("qkv", "o", "gate_up", "down"):
-                setattr(lw, name, getattr(lw, name).to(torch.bfloat16).float())
-        w.lm_head = w.lm_head.to(torch.bfloat16).float()
+        from duomem_fast.engine.build import _cast_linears
+
+        _cast_linears(engine.decoder.w, torch.bfloat16)
+        _cast_linears(engine.decoder.w, torch.float32)
     return EnginePolicy(engine, mode="score", choose="best", name=spec)
 
 

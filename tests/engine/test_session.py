@@ -193,16 +193,15 @@ def test_bf16_weights_under_fp32_activations(tiny_dirs, tmp_path):
     """weight_dtype=bfloat16: the projections are stored in bf16, everything else stays fp32. Rows the GEMV takes
     (<= 16 tokens) equal an fp32 engine whose weights were rounded through bf16; longer appends round x to bf16 for
     the GEMM. Decode in one native call and in the eager loop agree; the identity names the weight dtype."""
+    from duomem_fast.engine.build import _cast_linears
     from duomem_fast.model.testing import make_random_adapter
 
     ad = make_random_adapter(tiny_dirs["llama"], tmp_path / "ad", r=4)
     mixed = Engine.from_pretrained(tiny_dirs["llama"], adapter=ad, weight_dtype="bfloat16")
     assert mixed.decoder.w.layers[0].qkv.dtype == torch.bfloat16 and mixed.decoder.w.embed.dtype == torch.float32
     rounded = Engine.from_pretrained(tiny_dirs["llama"], adapter=ad)
-    for lw in rounded.decoder.w.layers:
-        for name in ("qkv", "o", "gate_up", "down"):
-            setattr(lw, name, getattr(lw, name).to(torch.bfloat16).float())
-    rounded.decoder.w.lm_head = rounded.decoder.w.lm_head.to(torch.bfloat16).float()
+    _cast_linears(rounded.decoder.w, torch.bfloat16)  # rounded through bf16, stored and computed in fp32
+    _cast_linears(rounded.decoder.w, torch.float32)
     short, long = _ids(12, 40), _ids(40, 41)
     torch.testing.assert_close(mixed.session(short).logits, rounded.session(short).logits, atol=1e-4, rtol=1e-4)
     a, b = mixed.session(long).logits, rounded.session(long).logits
