@@ -135,11 +135,12 @@ def bench_cmd(only: str | None = None, extra: list[str] | None = None) -> int:
 
 
 def serve_cmd(model: str | None = None, adapter: str | None = None, merge: bool = False, dtype: str | None = None,
-              host: str = "127.0.0.1", port: int = 8000, name: str | None = None) -> None:
+              host: str = "127.0.0.1", port: int = 8000, name: str | None = None, wdtype: str | None = None) -> None:
     """OpenAI-compatible HTTP server over the engine (chat/completions, completions, models; streaming)."""
     from .server import serve
 
-    serve(model=model, adapter=adapter, merge_lora=merge, dtype=dtype, host=host, port=port, model_name=name)
+    serve(model=model, adapter=adapter, merge_lora=merge, dtype=dtype, host=host, port=port, model_name=name,
+          weight_dtype=wdtype)
 
 
 def _print_summary(summary: dict, out: Path) -> int:
@@ -177,7 +178,8 @@ def _play_args(p: argparse.ArgumentParser, out: str) -> None:
 
 
 AGENT_HELP = ("agent spec: expert | random | duomem | base | memories | lora | engine[,model=M,adapter=A|none,"
-              "memory=BANK|none,k=2,mode=score|generate,choose=best|greedy|sum|mean,dtype=bfloat16,merge=1] | hf:PATH[,adapter=..] | openai:URL[,model=NAME,"
+              "memory=BANK|none,k=2,mode=score|generate,choose=best|greedy|sum|mean,merge=1|0,wdtype=bfloat16|float32,"
+              "dtype=float32|bfloat16] | hf:PATH[,adapter=..] | openai:URL[,model=NAME,"
               "timeout=60,retries=4,rate=REQ_PER_S]")
 
 
@@ -224,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", help="PEFT LoRA adapter directory")
     p.add_argument("--merge", action="store_true", help="merge the adapter into the weights")
     p.add_argument("--dtype", help="float32 | bfloat16")
+    p.add_argument("--wdtype", help="bfloat16: projection weights stored in bf16 under fp32 activations and KV "
+                   "(half the bytes per token; what engine agents run by default)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--name", help="model id reported by /v1/models")

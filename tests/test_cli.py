@@ -23,6 +23,12 @@ def test_bad_agent_spec_is_one_clear_error(tmp_path, capsys):
     assert "--threads must be >= 1, got 0" in capsys.readouterr().err
 
 
+def test_serve_bad_weight_dtype_is_one_clear_error(capsys):
+    assert main(["serve", "--wdtype", "float16", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "unsupported dtype 'float16'" in err and "Traceback" not in err
+
+
 @pytest.fixture
 def data(tmp_path):
     pytest.importorskip("alfworld", reason="needs the alfworld package")

@@ -9,11 +9,12 @@ __all__ = ["make_server", "serve"]
 
 
 def serve(model=None, adapter=None, merge_lora: bool = False, dtype=None, host: str = "127.0.0.1", port: int = 8000,
-          model_name: str | None = None, verbose: bool = True) -> None:
+          model_name: str | None = None, verbose: bool = True, weight_dtype=None) -> None:
     """Load the engine and serve until interrupted."""
     from ..engine import Engine
 
-    engine = Engine.from_pretrained(model=model, adapter=adapter, merge_lora=merge_lora, dtype=dtype)
+    engine = Engine.from_pretrained(model=model, adapter=adapter, merge_lora=merge_lora, dtype=dtype,
+                                    weight_dtype=weight_dtype)
     server = make_server(engine, host, port, model_name, verbose)
     h, p = server.server_address[:2]
     print(f"serving {server.RequestHandlerClass.backend.model_id} on http://{h}:{p}/v1 "
