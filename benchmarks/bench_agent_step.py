@@ -17,6 +17,8 @@ greedily (EOS ignored, so every engine does the same work). Engines, in one proc
   --eager-row), ours with --batch sessions decoding together (times per session), ours with greedy prompt-lookup
   drafts (--lookahead; exact greedy, so it faces the same gate), ours with bf16 projection weights under fp32
   activations and KV (--wbf16, unmerged and merged: the agents' default; same gate), ours all in bf16 (--bf16)
+Our rows run interleaved, one step each in turn, so the ratios between them (unmerged over merged, bf16 weights
+over fp32) do not ride on the box's drift during the run; the baselines run one after the other before them.
 Correctness gate first: each engine's greedy tokens must equal transformers' with the adapter merged (engine 2) on
 the first --gate-steps steps; an engine that fails reports no speed. Then per engine: seconds per step (median,
 p10, p90), prefill tok/s (the playbook), decode ms/token, and decode as % of the bandwidth limit (bytes read per
@@ -165,6 +167,56 @@ def _greedy(model, cache, logits, n) -> list[int]:
 
 
 # ---- running and reporting ---------------------------------------------------------------------------------------
+def _our_rows(args, adapter) -> tuple[dict, dict]:
+    """Our engines, one instance per row (rows run interleaved, so none may share an engine's state), and their
+    runners. engines[name] is the engine whose weights the row reads (for the bandwidth limit)."""
+    from duomem_fast import Engine
+
+    def make(**kw):
+        return Engine.from_pretrained(None, adapter=adapter, **kw)
+
+    engines = {"ours unmerged": make(merge_lora=False), "ours merged": make(merge_lora=True)}
+    if args.eager_row:
+        engines["ours unmerged eager layers"] = make(merge_lora=False, fused_decode=False)
+    if args.batch > 1:
+        engines[f"ours unmerged x{args.batch} batch"] = make(merge_lora=False)
+    if args.lookahead:
+        engines[f"ours unmerged lookahead {args.lookahead}"] = make(merge_lora=False, lookahead=args.lookahead)
+    if args.wbf16:  # projection weights in bf16, activations and KV fp32: the agents' default
+        engines["ours unmerged, bf16 weights"] = make(merge_lora=False, weight_dtype="bfloat16")
+        engines["ours merged, bf16 weights"] = make(merge_lora=True, weight_dtype="bfloat16")
+        if args.lookahead:  # both exact: the fastest configuration that still faces the gate
+            engines[f"ours merged, bf16 weights, lookahead {args.lookahead}"] = make(
+                merge_lora=True, weight_dtype="bfloat16", lookahead=args.lookahead)
+    if args.bf16:
+        engines["ours merged bf16"] = make(merge_lora=True, dtype="bfloat16")
+    runners = {name: OursBatch(e, args.batch) if "batch" in name else Ours(e) for name, e in engines.items()}
+    return engines, runners
+
+
+def run_interleaved(runners: dict, playbook, observations) -> dict:
+    """run_engine for several runners at once, one step each in turn (the order rotating every step): every row
+    meets the shared box in the same state, so the ratios between our rows hold while its speed drifts."""
+    out = {}
+    for name, runner in runners.items():
+        out[name] = {"prefill_s": runner.start(playbook), "tokens": {}, "step_s": [], "decode_s": [], "cpu_s": []}
+    names = list(runners)
+    for s in range(len(observations)):
+        k = s % len(names)
+        for name in names[k:] + names[:k]:
+            c0 = time.process_time()
+            gen, ta, td = runners[name].step(observations[s], DECODE_TOKENS)
+            _record(out[name], s, gen, ta, td, time.process_time() - c0)
+    return out
+
+
+def _record(out: dict, s: int, gen, ta: float, td: float, cpu: float) -> None:
+    out["cpu_s"].append(cpu)  # CPU time: robust to time-slicing on a shared machine
+    out["tokens"][s] = gen
+    out["step_s"].append(ta + td)
+    out["decode_s"].append(td / (DECODE_TOKENS - 1))  # the first token comes from the append's logits
+
+
 def run_engine(runner, playbook, observations, steps=None, reference=None) -> dict:
     """Play the steps; `steps` (indices) with `reference` histories for the re-encoding baseline's subset."""
     prefill = runner.start(playbook)
@@ -176,10 +228,7 @@ def run_engine(runner, playbook, observations, steps=None, reference=None) -> di
             gen, ta, td = runner.step(observations[s], DECODE_TOKENS, history=history)
         else:
             gen, ta, td = runner.step(observations[s], DECODE_TOKENS)
-        out["cpu_s"].append(time.process_time() - c0)  # CPU time: robust to time-slicing on a shared machine
-        out["tokens"][s] = gen
-        out["step_s"].append(ta + td)
-        out["decode_s"].append(td / (DECODE_TOKENS - 1))  # the first token comes from the append's logits
+        _record(out, s, gen, ta, td, time.process_time() - c0)
     return out
 
 
@@ -319,7 +368,7 @@ def main(argv=None) -> dict:
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from duomem_fast import Engine, resolve_model_dir
+    from duomem_fast import resolve_model_dir
     from duomem_fast.model.testing import make_random_adapter
     from transformers import AutoTokenizer
 
@@ -344,45 +393,13 @@ def main(argv=None) -> dict:
     del peft_hf
     llama = _llama_cpp_results(args, model_dir, adapter, tmp, playbook, observations)
     results.update(llama)
-    engines = {}
-    for name, merge in (("ours unmerged", False), ("ours merged", True)):
-        print(f"running {name} ...", flush=True)
-        engines[name] = Engine.from_pretrained(None, adapter=adapter, merge_lora=merge)
-        results[name] = run_engine(Ours(engines[name]), playbook, observations)
-    ours = engines["ours unmerged"]
-    if args.eager_row:
-        name = "ours unmerged eager layers"
-        print(f"running {name} ...", flush=True)
-        engines[name] = Engine.from_pretrained(None, adapter=adapter, merge_lora=False, fused_decode=False)
-        results[name] = run_engine(Ours(engines[name]), playbook, observations)
-        engines[name] = ours
+    engines, runners = _our_rows(args, adapter)
+    print(f"running ours, {len(runners)} rows interleaved step by step ...", flush=True)
+    results.update(run_interleaved(runners, playbook, observations))
     if args.batch > 1:
         name = f"ours unmerged x{args.batch} batch"
-        print(f"running {name} ...", flush=True)
-        results[name] = run_engine(OursBatch(ours, args.batch), playbook, observations)
         results[name]["cpu_s"] = [x / args.batch for x in results[name]["cpu_s"]]  # per session
-    if args.lookahead:
-        name = f"ours unmerged lookahead {args.lookahead}"
-        print(f"running {name} ...", flush=True)
-        engines[name] = ours
-        ours.lookahead = args.lookahead
-        results[name] = run_engine(Ours(ours), playbook, observations)
-        ours.lookahead = 0
-    if args.wbf16:  # projection weights in bf16, activations and KV fp32: the agents' default
-        for name, merge in (("ours unmerged, bf16 weights", False), ("ours merged, bf16 weights", True)):
-            print(f"running {name} ...", flush=True)
-            engines[name] = Engine.from_pretrained(None, adapter=adapter, merge_lora=merge, weight_dtype="bfloat16")
-            results[name] = run_engine(Ours(engines[name]), playbook, observations)
-        if args.lookahead:  # both exact: the fastest configuration that still faces the gate
-            name, fast = f"ours merged, bf16 weights, lookahead {args.lookahead}", engines["ours merged, bf16 weights"]
-            print(f"running {name} ...", flush=True)
-            engines[name], fast.lookahead = fast, args.lookahead
-            results[name] = run_engine(Ours(fast), playbook, observations)
-            fast.lookahead = 0
-    if args.bf16:
-        print("running ours merged bf16 ...", flush=True)
-        engines["ours merged bf16"] = Engine.from_pretrained(None, adapter=adapter, merge_lora=True, dtype="bfloat16")
-        results["ours merged bf16"] = run_engine(Ours(engines["ours merged bf16"]), playbook, observations)
+    ours = engines["ours unmerged"]
     order = ["hf+peft re-encode", "hf merged+cache"] + [n for n in results if not n.startswith("hf")]
     for name in order:
         unmerged = "unmerged" in name or "peft" in name
