@@ -17,8 +17,8 @@ greedily (EOS ignored, so every engine does the same work). Engines, in one proc
   --eager-row), ours with --batch sessions decoding together (times per session), ours with greedy prompt-lookup
   drafts (--lookahead; exact greedy, so it faces the same gate), ours with bf16 projection weights under fp32
   activations and KV (--wbf16, unmerged and merged: the agents' default; same gate), ours all in bf16 (--bf16)
-Our rows run interleaved, one step each in turn, so the ratios between them (unmerged over merged, bf16 weights
-over fp32) do not ride on the box's drift during the run; the baselines run one after the other before them.
+Rows 2-5 and the extra rows run interleaved, one step each in turn, so their ratios do not ride on the shared
+box's drift during the run; row 1 (re-encoding, on a few steps) runs after them on the reference's histories.
 Correctness gate first: each engine's greedy tokens must equal transformers' with the adapter merged (engine 2) on
 the first --gate-steps steps; an engine that fails reports no speed. Then per engine: seconds per step (median,
 p10, p90), prefill tok/s (the playbook), decode ms/token, and decode as % of the bandwidth limit (bytes read per
@@ -324,8 +324,8 @@ def export_gguf(model_dir, adapter, out: Path, convert: str, outtypes=("f32", "b
     return files
 
 
-def _llama_cpp_results(args, model_dir, adapter, tmp, playbook, observations) -> dict:
-    """Row 3's runs (F32, and BF16 weights beside ours with bf16 weights), or {} (printed why) where
+def _llama_cpp_runners(args, model_dir, adapter, tmp) -> dict:
+    """Row 3's runners (F32, and BF16 weights beside ours with bf16 weights), or {} (printed why) where
     llama-cpp-python or the converter is missing."""
     try:
         import llama_cpp
@@ -337,15 +337,11 @@ def _llama_cpp_results(args, model_dir, adapter, tmp, playbook, observations) ->
         print("llama.cpp: skipped (--llama-convert PATH to llama.cpp's convert_hf_to_gguf.py is needed to export the "
               "merged model to an F32 GGUF: the llama-cpp-python sdist has it under vendor/llama.cpp/)")
         return {}
-    out = {}
-    for kind, gguf in export_gguf(model_dir, adapter, tmp, args.llama_convert).items():
-        name = f"llama.cpp {kind.upper()}"
-        print(f"running 3. {name} ...", flush=True)
-        llm = llama_cpp.Llama(str(gguf), n_ctx=4096, n_batch=512, n_threads=args.threads,
-                              n_threads_batch=args.threads, verbose=False)
-        out[name] = run_engine(LlamaCpp(llm), playbook, observations)
-        del llm
-    return out
+    print("exporting the merged model to GGUF for 3. llama.cpp ...", flush=True)
+    return {f"llama.cpp {kind.upper()}": LlamaCpp(llama_cpp.Llama(str(gguf), n_ctx=4096, n_batch=512,
+                                                                 n_threads=args.threads,
+                                                                 n_threads_batch=args.threads, verbose=False))
+            for kind, gguf in export_gguf(model_dir, adapter, tmp, args.llama_convert).items()}
 
 
 def main(argv=None) -> dict:
@@ -382,20 +378,19 @@ def main(argv=None) -> dict:
     mean_ctx = args.playbook + (args.steps * (OBS_TOKENS + DECODE_TOKENS)) // 2
     merged_hf, peft_hf = _hf_models(model_dir, adapter)
 
-    results, rows = {}, []
-    print("running 2. hf merged+cache (the reference) ...", flush=True)
-    results["hf merged+cache"] = run_engine(HFCached(merged_hf), playbook, observations)
+    rows = []
+    llama = _llama_cpp_runners(args, model_dir, adapter, tmp)
+    engines, ours_runners = _our_rows(args, adapter)
+    runners = {"hf merged+cache": HFCached(merged_hf), **llama, **ours_runners}
+    print(f"running 2. hf merged+cache (the reference), 3. llama.cpp and ours: {len(runners)} rows interleaved "
+          "step by step ...", flush=True)
+    results = run_interleaved(runners, playbook, observations)
     reference = results["hf merged+cache"]["tokens"]
-    del merged_hf
+    del merged_hf, llama, runners
     subset = sorted({round(i * (args.steps - 1) / max(args.reencode_steps - 1, 1)) for i in range(args.reencode_steps)})
     print(f"running 1. hf+peft re-encode on steps {subset} ...", flush=True)
     results["hf+peft re-encode"] = run_engine(HFReencode(peft_hf), playbook, observations, subset, reference)
     del peft_hf
-    llama = _llama_cpp_results(args, model_dir, adapter, tmp, playbook, observations)
-    results.update(llama)
-    engines, runners = _our_rows(args, adapter)
-    print(f"running ours, {len(runners)} rows interleaved step by step ...", flush=True)
-    results.update(run_interleaved(runners, playbook, observations))
     if args.batch > 1:
         name = f"ours unmerged x{args.batch} batch"
         results[name]["cpu_s"] = [x / args.batch for x in results[name]["cpu_s"]]  # per session
@@ -406,7 +401,7 @@ def main(argv=None) -> dict:
         rows.append(summarize(name, results[name], args.playbook, reference, args.gate_steps,
                               decode_bytes(_weights_like(name, engines, ours), mean_ctx, unmerged,
                                            args.batch if "batch" in name else 1), bandwidth))
-    if not llama:
+    if not any(name.startswith("llama.cpp") for name in results):
         rows.insert(2, {"engine": "llama.cpp F32", "gate": "skipped (see above)"})
     cols = ["engine", "gate", "steps_equal", "s_per_step", "p10", "p90", "cpu_s_per_step", "prefill_tok_s",
             "decode_ms_tok", "pct_bw_limit"]
