@@ -97,9 +97,9 @@ def _descend(session: "Session", root: torch.Tensor, path: tuple[int, ...], run:
 
 
 def _full_score(session: "Session", root: torch.Tensor, seq: tuple[int, ...], eos: list[int]) -> float:
-    logp = _logp_after(session, seq)                           # (len(seq), vocab): after each of its tokens
-    score = float(root[seq[0]]) + sum(float(logp[j, seq[j + 1]]) for j in range(len(seq) - 1))
-    return score + _option(logp[-1], END, eos)
+    """A lone candidate: its whole sequence is one radix edge from the root, then the end of turn."""
+    score, _, logp = _descend(session, root, (), seq, 0.0)
+    return score + _option(logp, END, eos)
 
 
 def _logp_after(session: "Session", path: tuple[int, ...]) -> torch.Tensor:
