@@ -2,12 +2,13 @@
 //
 // Decode reads every K/V row once per token (2,000 tokens x 3 KV heads x 64 fp32 = 1.5 MiB of K per layer), so the
 // loop is built around one forward stream over the rows: key blocks outside, KV heads inside. A block of 64 rows
-// (64 x 768 B for K at Hkv=3, D=64) serves all heads while it is in L1/L2, and the next block is prefetched while
-// this one is computed (1 thread, 2,100 keys, 30 layers' KV cold: 331 us per layer against 454 us for the per-head
-// passes of prefix_attention_cpu; both are latency-bound: ~7-19 GB/s where a plain sum streams 14-23 GB/s on the
-// shared box, and prefetch distance/hint variants measured no different). The G query heads of a KV head are the rows
-// of a 4-row register block for the scores (G=3 padded to 4: one transpose-add tree reduces 4 keys x 4 rows) and
-// exactly G rows for P·V (hot: 141 -> 100 us per layer against the padded 4-row P·V).
+// (64 x 768 B for K at Hkv=3, D=64) serves all heads while it is in L1/L2. The next block's rows are prefetched into
+// L2 while this one is computed, one line per row per FMA step of the same head (scores16, pv_block): 1 thread,
+// 2,100 keys, 30 layers' KV cold, 315 -> 163 us per layer (a plain torch sum streams the same bytes in 80 us; hot,
+// 63 -> 77 us). Prefetching the whole next block in one burst at its start, with any hint, measured no faster than
+// no prefetch at all: the burst stalls on the core's miss buffers instead of overlapping the FMAs. The G query heads
+// of a KV head are the rows of a 4-row register block for the scores (G=3 padded to 4: one transpose-add tree
+// reduces 4 keys x 4 rows) and exactly G rows for P·V (hot: 141 -> 100 us per layer against the padded 4-row P·V).
 #include "decode_cpu.h"
 
 #include <algorithm>
@@ -50,7 +51,8 @@ inline void prefetch_rows(const float* p, int64_t ld, int64_t rows, int64_t row_
 // (a 64-dim slice) stay in registers across the block, each V vector loaded once for the NG rows.
 #ifdef __AVX512F__
 template <int NG>
-void pv_block(HeadState& st, int64_t g0, const float* p, const float* v, int64_t ld, int64_t nb) {
+void pv_block(HeadState& st, int64_t g0, const float* p, const float* v, int64_t ld, int64_t nb, const float* pf,
+              int64_t npf) {
   const int64_t D = st.D;
   for (int64_t d0 = 0; d0 < D; d0 += 64) {
     __mmask16 mk[4];
@@ -63,6 +65,8 @@ void pv_block(HeadState& st, int64_t g0, const float* p, const float* v, int64_t
     for (int i = 0; i < NG; ++i)
       for (int c = 0; c < 4; ++c) acc[i][c] = _mm512_maskz_loadu_ps(mk[c], o + i * D + 16 * c);
     for (int64_t j = 0; j < nb; ++j) {
+      if (j < npf)
+        for (int c = 0; c < 4; ++c) _mm_prefetch(reinterpret_cast<const char*>(pf + j * ld + d0 + 16 * c), _MM_HINT_T1);
       __m512 vv[4];
       for (int c = 0; c < 4; ++c) vv[c] = _mm512_maskz_loadu_ps(mk[c], v + j * ld + d0 + 16 * c);
       for (int i = 0; i < NG; ++i) {
@@ -76,14 +80,15 @@ void pv_block(HeadState& st, int64_t g0, const float* p, const float* v, int64_t
 }
 #endif
 
-void pv_rows(HeadState& st, const float* p, const float* v, int64_t ld, int64_t nb) {
+void pv_rows(HeadState& st, const float* p, const float* v, int64_t ld, int64_t nb, const float* pf, int64_t npf) {
 #ifdef __AVX512F__
   for (int64_t g0 = 0; g0 < st.G; g0 += 4) {
+    const int64_t n = g0 == 0 ? npf : 0;  // prefetch once, in the first row group
     switch (std::min<int64_t>(4, st.G - g0)) {
-      case 4: pv_block<4>(st, g0, p, v, ld, nb); break;
-      case 3: pv_block<3>(st, g0, p, v, ld, nb); break;
-      case 2: pv_block<2>(st, g0, p, v, ld, nb); break;
-      default: pv_block<1>(st, g0, p, v, ld, nb); break;
+      case 4: pv_block<4>(st, g0, p, v, ld, nb, pf, n); break;
+      case 3: pv_block<3>(st, g0, p, v, ld, nb, pf, n); break;
+      case 2: pv_block<2>(st, g0, p, v, ld, nb, pf, n); break;
+      default: pv_block<1>(st, g0, p, v, ld, nb, pf, n); break;
     }
   }
 #else
@@ -96,7 +101,7 @@ void pv_rows(HeadState& st, const float* p, const float* v, int64_t ld, int64_t 
 #ifdef __AVX512F__
 // s[g][0..16) = q_g · k_0..15 for the G rows (no padding): one transpose-add tree per 16 dots of one row. The 4 keys x
 // 4 rows block pads G=3 to 4 rows, wasting a quarter of its FMAs and tree (hot, 3,500 keys: 184-193 -> 168 us/layer).
-void scores16(const HeadState& st, const float* k, int64_t ld, float* s) {
+void scores16(const HeadState& st, const float* k, int64_t ld, const float* pf, float* s) {
   const int64_t D = st.D;
   for (int64_t g = 0; g < st.G; ++g) {
     const float* q = st.q.data() + g * D;
@@ -105,6 +110,8 @@ void scores16(const HeadState& st, const float* k, int64_t ld, float* s) {
     for (int64_t d = 0; d < D; d += 16) {
       const __mmask16 m = D - d >= 16 ? 0xffff : static_cast<__mmask16>((1u << (D - d)) - 1u);
       const __m512 qv = _mm512_maskz_loadu_ps(m, q + d);
+      if (pf && g == 0)
+        for (int j = 0; j < 16; ++j) _mm_prefetch(reinterpret_cast<const char*>(pf + j * ld + d), _MM_HINT_T1);
       for (int j = 0; j < 16; ++j) acc[j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, k + j * ld + d), qv, acc[j]);
     }
     _mm512_storeu_ps(s + g * kBlock, reduce16(acc));
@@ -113,12 +120,15 @@ void scores16(const HeadState& st, const float* k, int64_t ld, float* s) {
 #endif
 
 // One key block of one KV head: scores, online-softmax update, P·V.
-void attend_block(HeadState& st, const float* k, const float* v, int64_t ld, int64_t nb, float scale, float* s) {
+// npf rows of the next block (at k/v + dist * ld) are prefetched into L2 along the way, a few lines per FMA step:
+// one burst of a whole block at its start stalls on the core's miss buffers and overlaps nothing.
+void attend_block(HeadState& st, const float* k, const float* v, int64_t ld, int64_t nb, int64_t dist, int64_t npf,
+                  float scale, float* s) {
   const int64_t D = st.D;
   int64_t n = 0;
 #ifdef __AVX512F__
   if (st.G % 4 != 0)
-    for (; n + 16 <= nb; n += 16) scores16(st, k + n * ld, ld, s + n);
+    for (; n + 16 <= nb; n += 16) scores16(st, k + n * ld, ld, n + 16 <= npf ? k + (dist + n) * ld : nullptr, s + n);
 #endif
   for (; n + kRowBlock <= nb; n += kRowBlock) dot_rows<kRowBlock>(k + n * ld, ld, st.q.data(), D, D, st.R4, s + n, kBlock);
   for (; n < nb; ++n) dot_rows<1>(k + n * ld, ld, st.q.data(), D, D, st.R4, s + n, kBlock);
@@ -131,7 +141,7 @@ void attend_block(HeadState& st, const float* k, const float* v, int64_t ld, int
     if (alpha != 1.f)
       for (int64_t d = 0; d < D; ++d) st.o[g * D + d] *= alpha;
   }
-  pv_rows(st, s, v, ld, nb);
+  pv_rows(st, s, v, ld, nb, v + dist * ld, npf);
 }
 
 }  // namespace
@@ -153,13 +163,10 @@ void decode_attention_rows(const float* q, int64_t Hq, int64_t Hkv, int64_t D, c
     const KVSegment& sg = segs[i];
     for (int64_t n0 = 0; n0 < sg.n; n0 += kBlock) {
       const int64_t nb = std::min(kBlock, sg.n - n0);
-      const int64_t ahead = std::min(kBlock, sg.n - n0 - nb);
-      if (ahead > 0) {
-        prefetch_rows(sg.k + (n0 + nb) * sg.ld, sg.ld, ahead, row_bytes);
-        prefetch_rows(sg.v + (n0 + nb) * sg.ld, sg.ld, ahead, row_bytes);
-      }
+      const int64_t ahead = std::max<int64_t>(0, std::min(kBlock, sg.n - n0 - nb));
+      if (heads[0].G % 4 == 0 && ahead > 0) prefetch_rows(sg.k + (n0 + nb) * sg.ld, sg.ld, ahead, row_bytes);
       for (int64_t h = 0; h < Hkv; ++h)
-        attend_block(heads[h], sg.k + n0 * sg.ld + h * D, sg.v + n0 * sg.ld + h * D, sg.ld, nb, scale, sp);
+        attend_block(heads[h], sg.k + n0 * sg.ld + h * D, sg.v + n0 * sg.ld + h * D, sg.ld, nb, nb, ahead, scale, sp);
     }
   }
   for (int64_t h = 0; h < Hkv; ++h) {

@@ -18,6 +18,8 @@ TOL = dict(atol=2e-5, rtol=1e-4)  # fp32; the eager path itself differs from tra
     (2, 4, 4, 16, 7, 9, [9, 3]),           # MHA
     (1, 16, 2, 128, 33, 40, [1]),          # G=8: two row blocks per KV head
     (19, 3, 1, 8, 65, 66, list(range(1, 20))),
+    (1, 6, 2, 128, 150, 70, [70]),         # G=3, D=128: the next block's rows prefetched along two 64-dim slices
+    (1, 8, 2, 64, 150, 5, [5]),            # G=4: the register-block score path with its block prefetch
 ])
 def test_decode_attention_matches_reference(B, Hq, Hkv, D, P, S, lens):
     g = torch.Generator().manual_seed(B * 100 + D)
