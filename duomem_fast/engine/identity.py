@@ -33,6 +33,6 @@ def model_fingerprint(files: list[Path], config: Path, adapter_digest: str | Non
     for f in files:
         h.update(file_digest(f).encode())
     h.update(f"adapter={adapter_digest}|merged={merged and adapter_digest is not None}|dtype={dtype}".encode())
-    if weight_dtype is not None:
-        h.update(f"|weights={weight_dtype}".encode())
+    if weight_dtype is not None:  # unmerged LoRA factors follow the weight dtype
+        h.update(f"|weights={weight_dtype}{'|lora=w' if adapter_digest and not merged else ''}".encode())
     return h.hexdigest()[:24]

@@ -199,6 +199,7 @@ def test_bf16_weights_under_fp32_activations(tiny_dirs, tmp_path):
     ad = make_random_adapter(tiny_dirs["llama"], tmp_path / "ad", r=4)
     mixed = Engine.from_pretrained(tiny_dirs["llama"], adapter=ad, weight_dtype="bfloat16")
     assert mixed.decoder.w.layers[0].qkv.dtype == torch.bfloat16 and mixed.decoder.w.embed.dtype == torch.float32
+    assert mixed.decoder.w.layers[0].lora["qkv"].a.dtype == torch.bfloat16  # unmerged factors follow the weights
     rounded = Engine.from_pretrained(tiny_dirs["llama"], adapter=ad)
     _cast_linears(rounded.decoder.w, torch.bfloat16)  # rounded through bf16, stored and computed in fp32
     _cast_linears(rounded.decoder.w, torch.float32)
