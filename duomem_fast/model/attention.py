@@ -109,35 +109,38 @@ def _attend_ops(q, shared, own_k, own_v, own_lens) -> Tensor:
 
 
 def _attend_torch(q, shared, own_k, own_v, own_lens, upcast: bool = True) -> Tensor:
-    """Grouped matmuls. upcast: every product in fp32 (the readable reference); else the products stay in q.dtype
-    (bf16 GEMMs) and only the softmax runs in fp32, as HF's eager attention does in bf16."""
+    """Grouped matmuls: the g query heads of a KV head are g·T rows of one GEMM against that head's keys (KV read in
+    place, strided), one score block per segment, a softmax across the blocks without concatenating them (max, exp
+    in place, sums), then P·V per segment. upcast: every product in fp32 (the readable reference); else the products
+    stay in q.dtype (bf16 GEMMs) and only the softmax runs in fp32, as HF's eager attention does in bf16."""
     B, T, Hq, D = q.shape
     hkv = (shared[0][0] if shared else own_k).shape[-2]
     g = Hq // hkv
     c = torch.float32 if upcast else q.dtype
     qg = (q.to(c) * (1.0 / math.sqrt(D))).reshape(B, T, hkv, g, D).permute(2, 0, 3, 1, 4)  # (Hkv, B, G, T, D)
-    scores, values = [], []
+    scores, values = [], []  # fp32 scores (Hkv, B, G, T, n) per segment
     for k, v in shared:
         s = qg.reshape(hkv, B * g * T, D) @ k.to(c).permute(1, 2, 0)  # (Hkv, BGT, P): KV read once for B rows
-        scores.append(s.reshape(hkv, B, g, T, -1))
+        scores.append(s.float().reshape(hkv, B, g, T, -1))
         values.append(v)
     if own_k is not None:
         S = own_k.shape[1]
-        s = qg @ own_k.to(c).permute(2, 0, 3, 1)[:, :, None]  # (Hkv, B, G, T, S)
+        s = (qg @ own_k.to(c).permute(2, 0, 3, 1)[:, :, None]).float()  # (Hkv, B, G, T, S)
         lens = torch.full((B,), S) if own_lens is None else own_lens.long()
         qpos = lens[:, None] - T + torch.arange(T)[None, :]  # (B, T)
         mask = torch.arange(S)[None, None, :] <= qpos[:, :, None]  # (B, T, S)
-        scores.append(s.masked_fill(~mask[None, :, None], float("-inf")))
+        scores.append(s.masked_fill_(~mask[None, :, None], float("-inf")))
         values.append(own_v)
-    p = torch.softmax(torch.cat(scores, dim=-1), dim=-1, dtype=torch.float32).to(c)
-    out, start = None, 0
+    m = functools.reduce(torch.maximum, [s.amax(-1, keepdim=True) for s in scores])
+    total, out = 0, None
     for s, v in zip(scores, values):
-        n = s.shape[-1]
-        part = p[..., start:start + n]
+        p = s.sub_(m).exp_()
+        total = total + p.sum(-1, keepdim=True)
+        p, n = p.to(c), s.shape[-1]
         if v.dim() == 3:  # shared (P, Hkv, D)
-            o = (part.reshape(hkv, B * g * T, n) @ v.to(c).permute(1, 0, 2)).reshape(hkv, B, g, T, D)
+            o = (p.reshape(hkv, B * g * T, n) @ v.to(c).permute(1, 0, 2)).reshape(hkv, B, g, T, D)
         else:  # own (B, S, Hkv, D)
-            o = part @ v.to(c).permute(2, 0, 1, 3)[:, :, None]
-        out = o if out is None else out + o
-        start += n
+            o = p @ v.to(c).permute(2, 0, 1, 3)[:, :, None]
+        out = o.float() if out is None else out.add_(o.float())
+    out = out.div_(total)
     return out.permute(1, 3, 0, 2, 4).reshape(B, T, Hq, D).to(q.dtype)
