@@ -13,7 +13,9 @@
 //  - Weights fp32, bf16 or fp16, widened exactly in registers; bf16 weights with bf16 x use AVX512-BF16 vdpbf16ps.
 //  - Multi-adapter: stacked A (n, r, K) / B (n, N, r), per-row adapter id, -1 = base only.
 #include <torch/extension.h>
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -177,10 +179,22 @@ void dispatch_lora(const Gemv& g, const WT* W, int64_t ldw, const at::Tensor& A,
   }
 }
 
-// Above this many rows MKL's blocked GEMM wins, so prefill goes through ATen: base GEMM, then the LoRA delta as two
-// thin GEMMs. 1 thread, r=16, p10 us ours / ATen (base + thin GEMMs), 576x1536: M=16 338/401, M=24 539/543,
-// M=32 835/687; 1536x576: M=16 333/396, M=24 568/538.
+// Above this many rows the blocked GEMM wins, so prefill goes through oneDNN (fp32_linear) or ATen's bf16 mm: base
+// GEMM, then the LoRA delta as two thin GEMMs. 1 thread, no LoRA, p10 us ours / oneDNN: 576x1536 M=16 154/205,
+// M=17 215/214; 1536x576 M=16 156/210, M=17 214/212 (torch's MKL mm: 365 and 426 at M=16 and 17).
 constexpr int64_t kGemvMaxRows = 16;
+
+// fp32 x Wᵀ (+ bias) through oneDNN when torch has it: torch's fp32 mm goes to MKL, whose sgemm takes a non-AVX-512
+// path on this AMD CPU (1 thread, M=60: 576x3072 78-91 GFLOP/s against oneDNN's 165-192, same fp32 arithmetic).
+at::Tensor fp32_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
+  static const c10::optional<c10::OperatorHandle> op =
+      at::hasMKLDNN() ? c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""}) : c10::nullopt;
+  if (!op.has_value()) return bias.defined() ? at::addmm(bias, x, w.t()) : at::mm(x, w.t());
+  torch::jit::Stack stack{x, w, bias.defined() ? c10::IValue(bias) : c10::IValue(), std::string("none"),
+                          c10::List<c10::optional<at::Scalar>>(), c10::IValue(std::string(""))};
+  op->callBoxed(&stack);
+  return stack[0].toTensor();
+}
 
 // bf16 weights stay bf16: x is rounded to bf16 (as every bf16 GEMM does: oneDNN, llama.cpp, tl.dot) and oneDNN's
 // bf16 GEMM (AVX512-BF16) runs ~4x the fp32 FLOPs here (M=69, 576x1536: 313 us vs 1287 us fp32 on one thread);
@@ -194,16 +208,13 @@ at::Tensor gemm_path(const at::Tensor& xf, const at::Tensor& w, const at::Tensor
     y = at::mm(xg, w.t()).to(at::kFloat);
     if (bias.defined()) y.add_(bias);
   } else {
-    const at::Tensor wf = w.to(at::kFloat);
-    y = bias.defined() ? at::addmm(bias, xf, wf.t()) : at::mm(xf, wf.t());
+    y = fp32_linear(xf, w.to(at::kFloat).contiguous(), bias);
   }
   if (!A.defined()) return y;
-  if (lowp && !multi && A.scalar_type() == at::kBFloat16) {
-    at::Tensor t = at::mm(xg, A.t());
-    return y.add_(at::mm(t, B.t()).to(at::kFloat), scales[0].item<float>());
-  }
-  at::Tensor af = A.to(at::kFloat), bf = B.to(at::kFloat);
-  if (!multi) return y.addmm_(at::mm(xf, af.t()), bf.t(), 1.0, scales[0].item<float>());
+  // The LoRA delta in fp32 from fp32 x whatever the factors' dtype: with bf16 factors, a bf16 x·Aᵀ (x and t rounded
+  // to bf16) changed greedy tokens on 3 of bench_agent_step's 20 steps (random r=16 adapter).
+  at::Tensor af = A.to(at::kFloat).contiguous(), bf = B.to(at::kFloat).contiguous();
+  if (!multi) return y.add_(fp32_linear(fp32_linear(xf, af, at::Tensor()).mul_(scales[0].item<float>()), bf, at::Tensor()));
   for (int64_t ad = 0; ad < af.size(0); ++ad) {
     at::Tensor rows = (ids == ad).nonzero().reshape({-1});
     if (rows.numel() == 0) continue;
