@@ -35,6 +35,26 @@ def test_prefix_and_suffix(backend, dtype, B, T, Hq, Hkv, D, P, S, use_backend):
     torch.testing.assert_close(lse, lse_ref, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.skipif(ops.backend("cpu") != "native", reason="the native CPU build is absent")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,T,Hq,Hkv,D,P,S", [
+    (1, 19, 9, 3, 64, 131, 40),     # 57 rows per KV head: one work item, a last tile of 3 rows, 3 keys past 128
+    (2, 25, 16, 2, 128, 65, 30),    # D=128 (two P·V halves), 400 rows: five work items per head
+    (3, 17, 4, 4, 64, 1, 17),       # one prefix key: a block of 1 key among 64
+])
+def test_tiled_prefix_pass(dtype, B, T, Hq, Hkv, D, P, S):
+    """>= 48 query rows per KV head: the prefix pass runs as register tiles over transposed key blocks."""
+    q, kp, vp, ks, vs, lens = make(B, T, Hq, Hkv, D, P, S, dtype)
+    o, lse = ops.prefix_attention(q, kp, vp, ks, vs, lens, return_lse=True)
+    o_ref, lse_ref = prefix_attention_ref(q, kp, vp, ks, vs, lens, return_lse=True)
+    assert_close(o, o_ref, dtype)
+    torch.testing.assert_close(lse, lse_ref, atol=1e-4, rtol=1e-4)
+    o, lse = ops.prefix_attention(q, kp, vp, return_lse=True)  # prefix only: the tiles' own lse, unmerged
+    o_ref, lse_ref = prefix_attention_ref(q, kp, vp, return_lse=True)
+    assert_close(o, o_ref, dtype)
+    torch.testing.assert_close(lse, lse_ref, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("part", ["prefix_only", "suffix_only", "empty_prefix"])
 def test_one_part(backend, part, use_backend):

@@ -1,0 +1,20 @@
+// Register-tiled attention of many query rows over one KV head's keys (attention_tiles_cpu.cpp), used by
+// prefix_attention_cpu for its prefix pass when a KV head has at least kTiledMinRows query rows.
+#pragma once
+
+#include <cstdint>
+
+namespace duomem {
+
+constexpr int64_t kTiledMinRows = 48;   // below this the row-block kernel's transpose-free dots win
+constexpr int64_t kTiledItemRows = 96;  // query rows per work item (each item transposes the key blocks it reads)
+
+// True when attend_tiled handles `rows` rows of head dim D (AVX-512 build, D a multiple of 64 up to 256).
+bool tiled_attention_fits(int64_t rows, int64_t D);
+
+// n query rows (q_rows[i]: D fp32) attend to keys [0, L) (row j at k + j*ld, D fp32; likewise v), all visible.
+// Writes each row's normalised output to o_rows[i] (D fp32) and its log-sum-exp of scale·q·k to *lse_rows[i].
+void attend_tiled(const float* const* q_rows, int64_t n, int64_t D, const float* k, const float* v, int64_t ld,
+                  int64_t L, float scale, float* const* o_rows, float* const* lse_rows);
+
+}  // namespace duomem

@@ -1,0 +1,130 @@
+// Many query rows against one KV head's keys (a prefill or a long append over the shared prefix), as register tiles.
+//
+// The row-block kernel of prefix_attention_cpu.cpp computes each score as a dot product of a query row with a key
+// row and reduces horizontally (4 keys x 4 rows per transpose-add tree): right for decode's 3-48 rows, but with
+// hundreds of rows (T=60 appended tokens x G=3 heads = 180 per KV head) the reductions and the reloads of each key
+// row per 4 rows dominate. Here a block of 64 keys is transposed once (Kt: D x 64, in L1) and serves every row of
+// the item: scores are 6 rows x 64 keys = 24 zmm accumulators, one broadcast q element and 4 Kt vectors per D step
+// (24 FMAs per 10 loads, no reductions); P·V is 6 rows x 64 dims, one V row (4 vectors) and 6 broadcast p per key.
+// Online softmax between the two, with the rows' running max / sum / output in memory across key blocks.
+// 1 thread, one layer of the default model (9 query / 3 KV heads, D=64), ms through model.attention.attend against
+// torch's flash kernel: 60 appended tokens over 2,000 + 70 keys 1.87 vs 3.87; 16 sequences x 1 token over a 2,048
+// prefix 0.55 vs 1.06 (the row-block kernel before: 1.84).
+#include "attention_tiles.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "vec.h"
+
+namespace duomem {
+namespace {
+
+constexpr int64_t kTileRows = 6;   // rows per register tile
+constexpr int64_t kTileKeys = 64;  // keys per block: 4 zmm of scores per row
+
+#ifdef __AVX512F__
+// Kt[d * 64 + j] = k[(n0 + j) * ld + d] for j < nk, zero beyond.
+void transpose_block(const float* k, int64_t ld, int64_t nk, int64_t D, float* kt) {
+  for (int64_t j = 0; j < kTileKeys; ++j) {
+    if (j < nk) {
+      const float* row = k + j * ld;
+      for (int64_t d = 0; d < D; ++d) kt[d * kTileKeys + j] = row[d];
+    } else {
+      for (int64_t d = 0; d < D; ++d) kt[d * kTileKeys + j] = 0.f;
+    }
+  }
+}
+
+// One 6-row tile against one key block: scores, online-softmax update of (m, l, o), P·V.
+void tile_step(const float* q, int64_t D, const float* kt, const float* v, int64_t ld, int64_t nk, float* m,
+               float* l, float* o, float* p) {
+  __m512 s[kTileRows][4];
+  for (int i = 0; i < kTileRows; ++i)
+    for (int c = 0; c < 4; ++c) s[i][c] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < D; ++d) {
+    __m512 kv[4];
+    for (int c = 0; c < 4; ++c) kv[c] = _mm512_loadu_ps(kt + d * kTileKeys + 16 * c);
+    for (int i = 0; i < kTileRows; ++i) {
+      const __m512 qb = _mm512_set1_ps(q[i * D + d]);
+      for (int c = 0; c < 4; ++c) s[i][c] = _mm512_fmadd_ps(qb, kv[c], s[i][c]);
+    }
+  }
+  const __m512 ninf = _mm512_set1_ps(-INFINITY);
+  float alpha[kTileRows];
+  for (int i = 0; i < kTileRows; ++i) {
+    for (int c = 0; c < 4; ++c) {
+      const int64_t left = std::max<int64_t>(0, std::min<int64_t>(16, nk - 16 * c));
+      s[i][c] = _mm512_mask_mov_ps(ninf, static_cast<__mmask16>((1u << left) - 1u), s[i][c]);
+    }
+    const __m512 mx4 = _mm512_max_ps(_mm512_max_ps(s[i][0], s[i][1]), _mm512_max_ps(s[i][2], s[i][3]));
+    const float mx = std::max(m[i], _mm512_reduce_max_ps(mx4));
+    alpha[i] = std::exp(m[i] - mx);
+    const __m512 vm = _mm512_set1_ps(mx);
+    __m512 sum = _mm512_setzero_ps();
+    for (int c = 0; c < 4; ++c) {
+      const __m512 e = vec::exp16(_mm512_sub_ps(s[i][c], vm));  // -inf -> 0 (exp16 clamps at -100)
+      _mm512_storeu_ps(p + i * kTileKeys + 16 * c, e);
+      sum = _mm512_add_ps(sum, e);
+    }
+    l[i] = l[i] * alpha[i] + _mm512_reduce_add_ps(sum);
+    m[i] = mx;
+  }
+  for (int64_t d0 = 0; d0 < D; d0 += 64) {
+    __m512 acc[kTileRows][4];
+    for (int i = 0; i < kTileRows; ++i) {
+      const __m512 a = _mm512_set1_ps(alpha[i]);
+      for (int c = 0; c < 4; ++c) acc[i][c] = _mm512_mul_ps(a, _mm512_loadu_ps(o + i * D + d0 + 16 * c));
+    }
+    for (int64_t j = 0; j < nk; ++j) {
+      __m512 vv[4];
+      for (int c = 0; c < 4; ++c) vv[c] = _mm512_loadu_ps(v + j * ld + d0 + 16 * c);
+      for (int i = 0; i < kTileRows; ++i) {
+        const __m512 pb = _mm512_set1_ps(p[i * kTileKeys + j]);
+        for (int c = 0; c < 4; ++c) acc[i][c] = _mm512_fmadd_ps(pb, vv[c], acc[i][c]);
+      }
+    }
+    for (int i = 0; i < kTileRows; ++i)
+      for (int c = 0; c < 4; ++c) _mm512_storeu_ps(o + i * D + d0 + 16 * c, acc[i][c]);
+  }
+}
+#endif
+
+}  // namespace
+
+bool tiled_attention_fits(int64_t rows, int64_t D) {
+#ifdef __AVX512F__
+  return rows >= kTiledMinRows && D % 64 == 0 && D <= 256;
+#else
+  (void)rows, (void)D;
+  return false;
+#endif
+}
+
+void attend_tiled(const float* const* q_rows, int64_t n, int64_t D, const float* k, const float* v, int64_t ld,
+                  int64_t L, float scale, float* const* o_rows, float* const* lse_rows) {
+#ifdef __AVX512F__
+  const int64_t npad = (n + kTileRows - 1) / kTileRows * kTileRows;
+  std::vector<float> q(npad * D, 0.f), o(npad * D, 0.f), m(npad, -1e30f), l(npad, 0.f);
+  std::vector<float> kt(D * kTileKeys), p(kTileRows * kTileKeys);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t d = 0; d < D; ++d) q[i * D + d] = q_rows[i][d] * scale;
+  for (int64_t n0 = 0; n0 < L; n0 += kTileKeys) {
+    const int64_t nk = std::min(kTileKeys, L - n0);
+    transpose_block(k + n0 * ld, ld, nk, D, kt.data());
+    for (int64_t r0 = 0; r0 < npad; r0 += kTileRows)
+      tile_step(q.data() + r0 * D, D, kt.data(), v + n0 * ld, ld, nk, m.data() + r0, l.data() + r0,
+                o.data() + r0 * D, p.data());
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
+    for (int64_t d = 0; d < D; ++d) o_rows[i][d] = o[i * D + d] * inv;
+    *lse_rows[i] = l[i] > 0.f ? m[i] + std::log(l[i]) : -INFINITY;
+  }
+#else
+  (void)q_rows, (void)n, (void)D, (void)k, (void)v, (void)ld, (void)L, (void)scale, (void)o_rows, (void)lse_rows;
+#endif
+}
+
+}  // namespace duomem
