@@ -93,7 +93,10 @@ void attend_rows(RowBlock& rb, const float* k, const float* v, int64_t ld, int64
     for (int64_t i = 0; i < R; ++i) {
       float* si = s + i * kKeyBlock;
       const int64_t vis = std::max<int64_t>(0, std::min(nb, rb.limit[i] - n0));
-      if (vis == 0) continue;
+      if (vis == 0) {  // no key of this block is visible to the row: its P row is zero (P·V runs for all rows)
+        std::fill_n(si, nb, 0.f);
+        continue;
+      }
       const float mx = scaled_max(si, vis, scale, rb.m[i]);
       const float alpha = std::exp(rb.m[i] - mx);
       const float sum = exp_sum(si, vis, scale, mx);

@@ -216,6 +216,17 @@ def test_bf16_weights_under_fp32_activations(tiny_dirs, tmp_path):
         Engine.from_pretrained(tiny_dirs["llama"], dtype="bfloat16", weight_dtype="float32")
 
 
+def test_attention_paths_agree_over_long_own_history(tiny_dirs):
+    """Appends past 256 own tokens (and T >= 48 rows per KV head): the native kernels equal torch's flash kernel."""
+    eng = {impl: Engine.from_pretrained(tiny_dirs["llama"], attn_impl=impl) for impl in ("flash", "ops")}
+    sess = {impl: e.session(e.prefix(_ids(30, 40))) for impl, e in eng.items()}
+    for k in range(6):
+        for s in sess.values():
+            s.append(_ids(55, 41 + k))
+        torch.testing.assert_close(sess["ops"].logits, sess["flash"].logits, atol=1e-4, rtol=1e-4)
+    assert sess["ops"].generate(6) == sess["flash"].generate(6)
+
+
 @pytest.mark.parametrize("impl", ["torch", "ops"])
 def test_attention_paths_agree_end_to_end(tiny_dirs, engine, impl):
     other = Engine.from_pretrained(tiny_dirs["qwen3"], attn_impl=impl)

@@ -35,6 +35,17 @@ def test_prefix_and_suffix(backend, dtype, B, T, Hq, Hkv, D, P, S, use_backend):
     torch.testing.assert_close(lse, lse_ref, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("backend", backend_params())
+def test_causal_rows_seeing_no_key_of_a_block(backend, use_backend):
+    """A suffix past one 256-key block: its last block (key 256) is beyond the causal limit of the first rows,
+    whose probabilities there must count as zero (the native kernel once added their raw scores into P·V)."""
+    q, kp, vp, ks, vs, _ = make(2, 4, 6, 2, 16, 5, 257, torch.float32)
+    lens = torch.tensor([257, 200])
+    use_backend(backend)
+    o = ops.prefix_attention(q, kp, vp, ks, vs, lens)
+    assert_close(o, prefix_attention_ref(q, kp, vp, ks, vs, lens), torch.float32)
+
+
 @pytest.mark.skipif(ops.backend("cpu") != "native", reason="the native CPU build is absent")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,T,Hq,Hkv,D,P,S", [
