@@ -24,7 +24,7 @@ def attend(q: Tensor, shared: list[tuple[Tensor, Tensor]], own_k: Tensor | None,
     own_lens (B,) (None = all S; query t sits at own position len - T + t). Returns (B, T, Hq, D)."""
     shared = [(k, v) for k, v in shared if k.shape[0] > 0]
     if impl == "auto":
-        impl = _auto(q)
+        impl = _auto(q, (shared[0][0] if shared else own_k).shape[-2])
     if impl == "flash" and _FLASH is not None:
         return _attend_flash(q, shared, own_k, own_v, own_lens)
     if impl in ("torch", "flash"):
@@ -34,18 +34,21 @@ def attend(q: Tensor, shared: list[tuple[Tensor, Tensor]], own_k: Tensor | None,
     return _attend_ops(q, shared, own_k, own_v, own_lens)
 
 
-def _auto(q: Tensor) -> str:
-    """fp32: the native kernels whenever built (one thread, ms per layer against torch's flash kernel: 60 rows over
-    2,000 + 70 keys 1.87 vs 3.87, a 2,000-token causal prefill 88 vs 124, 2-8 rows 0.22-0.60 vs 0.26-0.58; flash's
-    inner GEMMs go through MKL, slow on this AMD CPU). bf16 (one thread, 2,400 keys, ms per forward of 30 layers):
+def _auto(q: Tensor, hkv: int) -> str:
+    """fp32: the native kernels for decode rows and wherever a KV head has TILED_MIN_ROWS query rows or more (its
+    register tiles; one thread, ms per layer against torch's flash kernel: 60 rows over 2,000 + 70 keys 1.87 vs
+    3.87, a 2,000-token causal prefill 88 vs 124), else torch's flash kernel (2-15 tokens over 2,400 cold keys, 30
+    layers: the native row blocks were 10-20% slower). bf16 (one thread, 2,400 keys, ms per forward of 30 layers):
     up to LOWP_MIN_ROWS query tokens the native kernel (T=4: 26.5 vs 32.6 flash), above it bf16 GEMMs with an fp32
     softmax (T=69: flash upcasts to fp32 and runs at fp32 speed; oneDNN's bf16 GEMMs run ~4.8x fp32 here)."""
     native = ops.backend(q.device.type) == "native"
     if q.dtype == torch.bfloat16 and q.is_cpu:
         return "lowp" if q.shape[1] > LOWP_MIN_ROWS or not native else "ops"
-    return "ops" if native else "flash"
+    B, T, Hq, _ = q.shape
+    return "ops" if native and (T == 1 or B * T * (Hq // hkv) >= TILED_MIN_ROWS) else "flash"
 
 
+TILED_MIN_ROWS = 48  # = kTiledMinRows in csrc/attention_tiles.h
 LOWP_MIN_ROWS = 8
 
 

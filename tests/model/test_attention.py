@@ -33,8 +33,10 @@ def test_lowp_in_fp32_is_the_reference():
 
 def test_auto_choice():
     native = ops.backend("cpu") == "native"
-    bf = torch.zeros(1, 69, 6, 16, dtype=torch.bfloat16)
-    assert _auto(bf) == "lowp"  # bf16 prefill: bf16 GEMMs
-    assert _auto(bf[:, :4]) == ("ops" if native else "lowp")
-    assert _auto(bf[:, :4].float()) == ("ops" if native else "flash")  # fp32: the native kernels when built
-    assert _auto(bf[:, :1].float()) == ("ops" if native else "flash")
+    bf = torch.zeros(1, 69, 6, 16, dtype=torch.bfloat16)  # 6 query heads over 2 KV heads: G = 3
+    assert _auto(bf, 2) == "lowp"  # bf16 prefill: bf16 GEMMs
+    assert _auto(bf[:, :4], 2) == ("ops" if native else "lowp")
+    fp = bf.float()
+    assert _auto(fp[:, :1], 2) == ("ops" if native else "flash")  # decode rows
+    assert _auto(fp[:, :15], 2) == "flash"  # 45 rows per KV head: below the native tiles
+    assert _auto(fp[:, :16], 2) == ("ops" if native else "flash")  # 48 rows: the register tiles
