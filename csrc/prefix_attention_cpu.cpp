@@ -227,14 +227,14 @@ std::tuple<at::Tensor, at::Tensor> prefix_attention_cpu(
         attend_tiled(qr.data(), n, D, pk + h * D, pv + h * D, Hkv * D, P, sc, orow.data(), lrow.data());
       });
     } else {
-    parallel_chunks(Hkv * blocks, [&](int64_t item) {
-      const int64_t h = item / blocks, r0 = (item % blocks) * kRowsPerItem;
-      std::unique_ptr<RowBlock> rb(new RowBlock);  // default-init: load_rows fills what is read
-      load_rows(*rb, geo, h, r0, std::min(kRowsPerItem, R - r0));
-      std::fill_n(rb->limit, kRowsPerItem, P);
-      attend_rows(*rb, pk + h * D, pv + h * D, Hkv * D, P, sc);
-      store_rows(*rb, geo, h, r0, false);
-    });
+      parallel_chunks(Hkv * blocks, [&](int64_t item) {
+        const int64_t h = item / blocks, r0 = (item % blocks) * kRowsPerItem;
+        std::unique_ptr<RowBlock> rb(new RowBlock);  // default-init: load_rows fills what is read
+        load_rows(*rb, geo, h, r0, std::min(kRowsPerItem, R - r0));
+        std::fill_n(rb->limit, kRowsPerItem, P);
+        attend_rows(*rb, pk + h * D, pv + h * D, Hkv * D, P, sc);
+        store_rows(*rb, geo, h, r0, false);
+      });
     }
   }
   if (has_s) {
