@@ -14,7 +14,8 @@ greedily (EOS ignored, so every engine does the same work). Engines, in one proc
   4. ours unmerged       duomem_fast Engine, adapter applied per layer (fused lora_linear)
   5. ours merged         duomem_fast Engine, adapter merged
   extra rows: ours unmerged with the eager layer loop (fused_decode=False: the decode step before ops.decode_step;
-  --eager-row), ours with --batch sessions decoding together (times per session), ours with greedy prompt-lookup
+  --eager-row), ours merged with one-row GEMVs in 8-row blocks (the decode GEMV before the single-row stream;
+  --blocks-row), ours with --batch sessions decoding together (times per session), ours with greedy prompt-lookup
   drafts (--lookahead; exact greedy, so it faces the same gate), ours with bf16 projection weights under fp32
   activations and KV (--wbf16, unmerged and merged: the agents' default; same gate), ours all in bf16 (--bf16)
 Rows 2-5 and the extra rows run interleaved, one step each in turn, so their ratios do not ride on the shared
@@ -82,6 +83,19 @@ class Ours:
         t1 = time.perf_counter()
         self.session.generate(n)
         return self.session.tokens[-n:], t1 - t0, time.perf_counter() - t1
+
+
+class OursBlocks(Ours):
+    """Ours with one-row lora_linear calls in the 8-row blocks instead of the single-row stream (a global switch of
+    the native build, set around each of this row's steps only)."""
+
+    def step(self, obs, n):
+        from duomem_fast import ops
+        ops._C.set_lora_single_row_stream(False)
+        try:
+            return super().step(obs, n)
+        finally:
+            ops._C.set_lora_single_row_stream(True)
 
 
 class OursBatch(Ours):
@@ -178,6 +192,8 @@ def _our_rows(args, adapter) -> tuple[dict, dict]:
     engines = {"ours unmerged": make(merge_lora=False), "ours merged": make(merge_lora=True)}
     if args.eager_row:
         engines["ours unmerged eager layers"] = make(merge_lora=False, fused_decode=False)
+    if args.blocks_row:
+        engines["ours merged, 8-row decode GEMV"] = make(merge_lora=True)
     if args.batch > 1:
         engines[f"ours unmerged x{args.batch} batch"] = make(merge_lora=False)
     if args.lookahead:
@@ -190,7 +206,9 @@ def _our_rows(args, adapter) -> tuple[dict, dict]:
                 merge_lora=True, weight_dtype="bfloat16", lookahead=args.lookahead)
     if args.bf16:
         engines["ours merged bf16"] = make(merge_lora=True, dtype="bfloat16")
-    runners = {name: OursBatch(e, args.batch) if "batch" in name else Ours(e) for name, e in engines.items()}
+    kinds = {"batch": lambda e: OursBatch(e, args.batch), "8-row": OursBlocks}
+    runners = {name: next((make_runner for key, make_runner in kinds.items() if key in name), Ours)(e)
+               for name, e in engines.items()}
     return engines, runners
 
 
@@ -356,6 +374,8 @@ def main(argv=None) -> dict:
     p.add_argument("--lookahead", type=int, default=4, help="also run ours with prompt-lookup drafts (0: off)")
     p.add_argument("--eager-row", action=argparse.BooleanOptionalAction, default=True,
                    help="also run ours unmerged with the eager layer loop (fused_decode=False)")
+    p.add_argument("--blocks-row", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run ours merged with one-row GEMVs in 8-row blocks (before the single-row stream)")
     p.add_argument("--wbf16", action=argparse.BooleanOptionalAction, default=True,
                    help="also run ours with bf16 projection weights under fp32 activations (same gate)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False, help="also run ours merged bf16")

@@ -47,6 +47,7 @@ struct Gemv {
   const float* st;           // (M, r): s_id · x Aᵀ, the expand's input; null = no LoRA extension
   int64_t r, N;              // rank, rows of B per adapter
   bool prefetch = true;      // prefetch the next W block (weights likely not cached: weight_reuse.h)
+  bool stream = false;       // one x row: W row after row (stream_rows) instead of 8-row blocks
 };
 
 // out rows [m0, m0+MB), columns [n0, n0+NB), over K range [k0, k1); the LoRA extension and bias join on the last range.
@@ -114,6 +115,12 @@ inline int64_t k_chunk(int64_t M, int64_t K) {
 // Rows [r0, r1) of w (n_rows rows in all): 8-row blocks, then 4, then singles.
 template <typename WT, typename LT>
 void rows(const Gemv& g, const WT* w, int64_t ldw, int64_t n_rows, const LT* B, int64_t r0, int64_t r1) {
+  if (g.stream) {  // decode: W row after row, one memory stream (vec.h stream_rows)
+    const int64_t ad = g.ids ? g.ids[0] : 0;
+    const LT* b = B && ad >= 0 ? B + (ad * g.N + r0) * g.r : nullptr;
+    return stream_rows(w + r0 * ldw, ldw, r1 - r0, g.x, g.K, b, g.r, g.st, g.bias ? g.bias + r0 : nullptr,
+                       g.out + r0);
+  }
   const int64_t kc = k_chunk(g.M, g.K);
   for (int64_t k0 = 0; k0 < g.K; k0 += kc) {
     const int64_t k1 = std::min(g.K, k0 + kc);
@@ -130,6 +137,7 @@ template <typename LT>
 void shrink(const Gemv& g, const LT* A, const float* scales, float* t) {
   Gemv s = g;
   s.out = t, s.ldo = g.r, s.bias = nullptr, s.ids = nullptr, s.st = nullptr;
+  s.stream = false;  // A is short (r rows): its next-block prefetch covers the cold start a lone stream would stall on
   if (!g.ids) {
     rows<LT, float>(s, A, g.K, g.r, nullptr, 0, g.r);
   } else {
@@ -296,6 +304,7 @@ at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
   } else if (M > 0 && N > 0) {
     const int64_t nbytes = w.nbytes() + (A.defined() ? A.nbytes() + B.nbytes() : 0);
     g.prefetch = weight_reuse().should_prefetch(w.data_ptr(), nbytes);
+    g.stream = M == 1 && !g.xb && stream_single_row();
     const float* sc = scale_buf.data();
     switch (w.scalar_type()) {
       case at::kFloat: dispatch_lora(g, w.data_ptr<float>(), w.stride(0), A, B, sc, t_buf.data()); break;

@@ -148,6 +148,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     duomem::weight_reuse().set_mode(mode == "auto" ? PrefetchMode::kAuto
                                     : mode == "always" ? PrefetchMode::kAlways : PrefetchMode::kNever);
   }, "lora_linear's next-block prefetch: 'auto' (by reuse distance, csrc/weight_reuse.h), 'always' or 'never'");
+  m.def("set_lora_single_row_stream", [](bool on) { duomem::single_row_stream_flag().store(on); },
+        "lora_linear with one x row: stream W row after row (True, default) or use the 8-row blocks (False)");
   m.def("lora_prefetch_counts", [] { return duomem::weight_reuse().counts(); },
         "(calls decided in 'auto' mode, of which prefetched) since import");
   m.def("lora_prefetch_budget", [] { return duomem::weight_reuse().budget(); },

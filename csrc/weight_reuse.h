@@ -43,6 +43,14 @@ inline int64_t llc_bytes_sysfs() {
 
 enum class PrefetchMode : int { kAuto = 0, kAlways = 1, kNever = 2 };
 
+// Single-row calls (M=1) stream W row after row (vec.h stream_rows) unless switched off; off, they take the 8-row
+// blocks with next-block prefetch like M=2..16 (kept for side-by-side measurement: set_lora_single_row_stream).
+inline std::atomic<bool>& single_row_stream_flag() {
+  static std::atomic<bool> on{true};
+  return on;
+}
+inline bool stream_single_row() { return single_row_stream_flag().load(std::memory_order_relaxed); }
+
 class WeightReuse {
  public:
   explicit WeightReuse(int64_t llc) : budget_(llc / 2) {}

@@ -110,3 +110,38 @@ def test_prefetch_auto_follows_reuse_distance(prefetch_mode):
         prefetched(o)
     assert prefetched(w) == 1  # evicted by the traffic since
     assert prefetched(others[-1]) == 0  # the latest one is still cached
+
+
+@pytest.fixture
+def single_row_stream():
+    yield ops._C.set_lora_single_row_stream
+    ops._C.set_lora_single_row_stream(True)
+
+
+# N = 37: two 16-row groups and a 5-row remainder; K with a masked tail, a multiple of 64, and long
+@pytest.mark.parametrize("K", [111, 576, 4099])
+@pytest.mark.parametrize("r", [1, 17, 64])
+@pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_single_row_stream_and_blocks(K, r, wdtype, single_row_stream):
+    """M=1 streams W row after row (vec.h stream_rows); switched off it takes the 8-row blocks. Both match the
+    reference, with the LoRA expand and the bias, and on a W whose rows are strided (a column slice)."""
+    x, w, a, b, bias = make(1, K, 37, r, torch.float32, wdtype=wdtype)
+    wide = torch.cat([w, torch.zeros(37, 5, dtype=wdtype)], dim=1)[:, :K]  # row stride K + 5
+    assert wide.stride(0) == K + 5
+    ref = lora_linear_ref(x, w, a, b, 0.5, bias)
+    for on in (True, False):
+        single_row_stream(on)
+        assert_close(ops.lora_linear(x, w, a, b, 0.5, bias), ref, torch.float32)
+        assert_close(ops.lora_linear(x, wide, a, b, 0.5, bias), ref, torch.float32)
+        assert_close(ops.lora_linear(x, w, bias=bias), lora_linear_ref(x, w, bias=bias), torch.float32)
+
+
+@pytest.mark.parametrize("ids", [[-1], [1]])
+def test_single_row_stream_multi_adapter(ids, single_row_stream):
+    """One row with its adapter id: -1 is the base only, 1 takes the second adapter's B rows."""
+    x, w, a, b, bias = make(1, 111, 37, 8, torch.float32, n_adapters=3)
+    scales, ids = torch.tensor([0.5, 2.0, 1.0]), torch.tensor(ids)
+    ref = lora_linear_ref(x, w, a, b, scales, bias, ids)
+    for on in (True, False):
+        single_row_stream(on)
+        assert_close(ops.lora_linear(x, w, a, b, scales, bias, adapter_ids=ids), ref, torch.float32)
