@@ -12,9 +12,12 @@ constexpr int64_t kTiledItemRows = 96;  // query rows per work item (each item t
 // True when attend_tiled handles `rows` rows of head dim D (AVX-512 build, D a multiple of 64 up to 256).
 bool tiled_attention_fits(int64_t rows, int64_t D);
 
-// n query rows (q_rows[i]: D fp32) attend to keys [0, L) (row j at k + j*ld, D fp32; likewise v), all visible.
-// Writes each row's normalised output to o_rows[i] (D fp32) and its log-sum-exp of scale·q·k to *lse_rows[i].
+// n query rows (q_rows[i]: D fp32) attend to keys [0, L) (row j at k + j*ld, D fp32; likewise v): all of them, or
+// row i to keys [0, limits[i]) when limits is given (a causal suffix; limits[i] >= 1). Writes each row's normalised
+// output to o_rows[i] (D fp32) and its log-sum-exp of scale·q·k to *lse_rows[i], or with merge combines them
+// exactly (through the log-sum-exps) with the partial attention already there.
 void attend_tiled(const float* const* q_rows, int64_t n, int64_t D, const float* k, const float* v, int64_t ld,
-                  int64_t L, float scale, float* const* o_rows, float* const* lse_rows);
+                  int64_t L, float scale, float* const* o_rows, float* const* lse_rows,
+                  const int64_t* limits = nullptr, bool merge = false);
 
 }  // namespace duomem

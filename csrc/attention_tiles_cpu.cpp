@@ -37,9 +37,10 @@ void transpose_block(const float* k, int64_t ld, int64_t nk, int64_t D, float* k
   }
 }
 
-// One 6-row tile against one key block: scores, online-softmax update of (m, l, o), P·V.
-void tile_step(const float* q, int64_t D, const float* kt, const float* v, int64_t ld, int64_t nk, float* m,
-               float* l, float* o, float* p) {
+// One 6-row tile against one key block: scores, online-softmax update of (m, l, o), P·V. Row i sees the block's
+// first vis[i] keys (nk for all, fewer at a causal edge, at least one).
+void tile_step(const float* q, int64_t D, const float* kt, const float* v, int64_t ld, int64_t nk, const int64_t* vis,
+               float* m, float* l, float* o, float* p) {
   __m512 s[kTileRows][4];
   for (int i = 0; i < kTileRows; ++i)
     for (int c = 0; c < 4; ++c) s[i][c] = _mm512_setzero_ps();
@@ -55,7 +56,7 @@ void tile_step(const float* q, int64_t D, const float* kt, const float* v, int64
   float alpha[kTileRows];
   for (int i = 0; i < kTileRows; ++i) {
     for (int c = 0; c < 4; ++c) {
-      const int64_t left = std::max<int64_t>(0, std::min<int64_t>(16, nk - 16 * c));
+      const int64_t left = std::max<int64_t>(0, std::min<int64_t>(16, vis[i] - 16 * c));
       s[i][c] = _mm512_mask_mov_ps(ninf, static_cast<__mmask16>((1u << left) - 1u), s[i][c]);
     }
     const __m512 mx4 = _mm512_max_ps(_mm512_max_ps(s[i][0], s[i][1]), _mm512_max_ps(s[i][2], s[i][3]));
@@ -103,27 +104,48 @@ bool tiled_attention_fits(int64_t rows, int64_t D) {
 }
 
 void attend_tiled(const float* const* q_rows, int64_t n, int64_t D, const float* k, const float* v, int64_t ld,
-                  int64_t L, float scale, float* const* o_rows, float* const* lse_rows) {
+                  int64_t L, float scale, float* const* o_rows, float* const* lse_rows, const int64_t* limits,
+                  bool merge) {
 #ifdef __AVX512F__
   const int64_t npad = (n + kTileRows - 1) / kTileRows * kTileRows;
   std::vector<float> q(npad * D, 0.f), o(npad * D, 0.f), m(npad, -1e30f), l(npad, 0.f);
   std::vector<float> kt(D * kTileKeys), p(kTileRows * kTileKeys);
-  for (int64_t i = 0; i < n; ++i)
+  std::vector<int64_t> lim(npad, 0);  // padding rows see nothing (their tiles' real rows decide what runs)
+  for (int64_t i = 0; i < n; ++i) {
     for (int64_t d = 0; d < D; ++d) q[i * D + d] = q_rows[i][d] * scale;
-  for (int64_t n0 = 0; n0 < L; n0 += kTileKeys) {
-    const int64_t nk = std::min(kTileKeys, L - n0);
+    lim[i] = limits ? std::min(limits[i], L) : L;
+  }
+  const int64_t lmax = n ? *std::max_element(lim.begin(), lim.end()) : 0;
+  for (int64_t n0 = 0; n0 < lmax; n0 += kTileKeys) {
+    const int64_t nk = std::min(kTileKeys, lmax - n0);
     transpose_block(k + n0 * ld, ld, nk, D, kt.data());
-    for (int64_t r0 = 0; r0 < npad; r0 += kTileRows)
-      tile_step(q.data() + r0 * D, D, kt.data(), v + n0 * ld, ld, nk, m.data() + r0, l.data() + r0,
+    for (int64_t r0 = 0; r0 < npad; r0 += kTileRows) {
+      int64_t vis[kTileRows], any = 0;
+      for (int64_t i = 0; i < kTileRows; ++i) any = std::max(any, vis[i] = std::clamp<int64_t>(lim[r0 + i] - n0, 0, nk));
+      if (any == 0) continue;  // no row of the tile sees this block (causal): nothing to add, not even e^-100
+      tile_step(q.data() + r0 * D, D, kt.data(), v + n0 * ld, ld, nk, vis, m.data() + r0, l.data() + r0,
                 o.data() + r0 * D, p.data());
+    }
   }
   for (int64_t i = 0; i < n; ++i) {
     const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
-    for (int64_t d = 0; d < D; ++d) o_rows[i][d] = o[i * D + d] * inv;
-    *lse_rows[i] = l[i] > 0.f ? m[i] + std::log(l[i]) : -INFINITY;
+    const float lb = l[i] > 0.f ? m[i] + std::log(l[i]) : -INFINITY;
+    if (!merge) {
+      for (int64_t d = 0; d < D; ++d) o_rows[i][d] = o[i * D + d] * inv;
+      *lse_rows[i] = lb;
+      continue;
+    }
+    // exact merge with the partial attention already in o_rows / lse_rows (the prefix pass)
+    float mx = std::max(*lse_rows[i], lb);
+    if (!std::isfinite(mx)) mx = 0.f;
+    const float wa = std::exp(*lse_rows[i] - mx), wb = std::exp(lb - mx), den = wa + wb;
+    const float ca = wa / std::max(den, 1e-30f), cb = wb * inv / std::max(den, 1e-30f);
+    for (int64_t d = 0; d < D; ++d) o_rows[i][d] = ca * o_rows[i][d] + cb * o[i * D + d];
+    *lse_rows[i] = den > 0.f ? mx + std::log(den) : -INFINITY;
   }
 #else
-  (void)q_rows, (void)n, (void)D, (void)k, (void)v, (void)ld, (void)L, (void)scale, (void)o_rows, (void)lse_rows;
+  (void)q_rows, (void)n, (void)D, (void)k, (void)v, (void)ld, (void)L, (void)scale, (void)o_rows, (void)lse_rows,
+      (void)limits, (void)merge;
 #endif
 }
 

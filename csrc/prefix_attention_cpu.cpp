@@ -6,7 +6,8 @@
 // attention per sequence. The two are merged exactly through their log-sum-exp. One fused flash-style kernel
 // (scores, online softmax, P·V in L1-sized key blocks) rather than ATen ops: each ATen op is a parallel region, and
 // on the loaded 2-core box those barriers cost more than the math (measured 9.9 ms for B=16, P=2048 via bmm/exp).
-// With 48 or more query rows per KV head the prefix pass runs as register tiles (attention_tiles_cpu.cpp).
+// With 48 or more query rows per KV head the prefix pass runs as register tiles (attention_tiles_cpu.cpp), and so
+// does the suffix pass with 48 or more rows per sequence and KV head (causal limits per row).
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -252,6 +253,25 @@ std::tuple<at::Tensor, at::Tensor> prefix_attention_cpu(
     at::Tensor ks = k_suffix->to(at::kFloat).contiguous(), vs = v_suffix->to(at::kFloat).contiguous();
     const float *pk = ks.data_ptr<float>(), *pv = vs.data_ptr<float>();
     const int64_t rows = T * geo.G, blocks = (rows + kRowsPerItem - 1) / kRowsPerItem;
+    if (tiled_attention_fits(rows, D)) {  // a long append: its own history and causal part as register tiles too
+      const int64_t chunks = (rows + kTiledItemRows - 1) / kTiledItemRows;
+      parallel_chunks(B * Hkv * chunks, [&](int64_t item) {
+        const int64_t b = item / (Hkv * chunks), h = (item / chunks) % Hkv, r0 = (item % chunks) * kTiledItemRows;
+        const int64_t n = std::min(kTiledItemRows, rows - r0);
+        std::vector<const float*> qr(n);
+        std::vector<float*> orow(n), lrow(n);
+        std::vector<int64_t> limit(n);
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t off = geo.qoff(h, b * rows + r0 + i);
+          qr[i] = geo.q + off, orow[i] = geo.o + off, lrow[i] = geo.lse + off / D;
+          limit[i] = pl[b] - T + (r0 + i) / geo.G + 1;
+        }
+        const int64_t kv0 = b * S * Hkv * D + h * D;
+        attend_tiled(qr.data(), n, D, pk + kv0, pv + kv0, Hkv * D, S, sc, orow.data(), lrow.data(), limit.data(),
+                     has_p);
+      });
+      return {o.to(q.scalar_type()), lse};
+    }
     parallel_chunks(B * Hkv * blocks, [&](int64_t item) {
       const int64_t b = item / (Hkv * blocks), h = (item / blocks) % Hkv, r0 = (item % blocks) * kRowsPerItem;
       std::unique_ptr<RowBlock> rb(new RowBlock);  // default-init: load_rows fills what is read

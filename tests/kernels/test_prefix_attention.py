@@ -66,6 +66,25 @@ def test_tiled_prefix_pass(dtype, B, T, Hq, Hkv, D, P, S):
     torch.testing.assert_close(lse, lse_ref, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.skipif(ops.backend("cpu") != "native", reason="the native CPU build is absent")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,T,Hq,Hkv,D,P,S,lens", [
+    (2, 20, 9, 3, 64, 70, 200, [200, 150]),   # 60 rows per sequence and KV head; causal edges in 4 key blocks
+    (1, 40, 9, 3, 64, 0, 129, [129]),         # suffix only (no merge): 120 rows, items of 96 + 24, 65 + 64 keys
+    (2, 16, 12, 2, 128, 5, 80, [16, 80]),     # D=128; a suffix that is only its causal part (len = T)
+])
+def test_tiled_suffix_pass(dtype, B, T, Hq, Hkv, D, P, S, lens):
+    """>= 48 query rows per sequence and KV head: the suffix pass (history + causal part) runs as register tiles
+    with a key limit per row, merged into the prefix pass through the log-sum-exps."""
+    q, kp, vp, ks, vs, _ = make(B, T, Hq, Hkv, D, max(P, 1), S, dtype)
+    lens = torch.tensor(lens)
+    kp, vp = (kp, vp) if P else (None, None)
+    o, lse = ops.prefix_attention(q, kp, vp, ks, vs, lens, return_lse=True)
+    o_ref, lse_ref = prefix_attention_ref(q, kp, vp, ks, vs, lens, return_lse=True)
+    assert_close(o, o_ref, dtype)
+    torch.testing.assert_close(lse, lse_ref, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("part", ["prefix_only", "suffix_only", "empty_prefix"])
 def test_one_part(backend, part, use_backend):
