@@ -197,7 +197,8 @@ constexpr int64_t kGemvMaxRows = 16;
 at::Tensor fp32_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
   static const c10::optional<c10::OperatorHandle> op =
       at::hasMKLDNN() ? c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""}) : c10::nullopt;
-  if (!op.has_value()) return bias.defined() ? at::addmm(bias, x, w.t()) : at::mm(x, w.t());
+  // a row-strided W (a column slice: extends_rows below) goes to BLAS as is rather than copied per call
+  if (!op.has_value() || !w.is_contiguous()) return bias.defined() ? at::addmm(bias, x, w.t()) : at::mm(x, w.t());
   torch::jit::Stack stack{x, w, bias.defined() ? c10::IValue(bias) : c10::IValue(), std::string("none"),
                           c10::List<c10::optional<at::Scalar>>(), c10::IValue(std::string(""))};
   op->callBoxed(&stack);
@@ -216,7 +217,7 @@ at::Tensor gemm_path(const at::Tensor& xf, const at::Tensor& w, const at::Tensor
     y = at::mm(xg, w.t()).to(at::kFloat);
     if (bias.defined()) y.add_(bias);
   } else {
-    y = fp32_linear(xf, w.to(at::kFloat).contiguous(), bias);
+    y = fp32_linear(xf, w.scalar_type() == at::kFloat ? w : w.to(at::kFloat), bias);
   }
   if (!A.defined()) return y;
   // The LoRA delta in fp32 from fp32 x whatever the factors' dtype: with bf16 factors, a bf16 x·Aᵀ (x and t rounded
@@ -230,6 +231,25 @@ at::Tensor gemm_path(const at::Tensor& xf, const at::Tensor& w, const at::Tensor
     y.index_add_(0, rows, at::mm(t, bf[ad].t()), scales[ad].item<float>());
   }
   return y;
+}
+
+// B stored as the continuation of W's rows (lora.py extend_lora_rows): W (N, K) and B (N, r) are the column slices
+// [:, :K] and [:, K:] of one (N, K + r) tensor, so y = [x | s·x Aᵀ] · [W | B]ᵀ is one GEMV (one memory stream, B no
+// longer a second, thin one) or one GEMM (instead of base GEMM, expand GEMM and an add).
+bool extends_rows(const at::Tensor& w, const at::Tensor& b) {
+  return b.dim() == 2 && b.scalar_type() == w.scalar_type() && b.size(0) == w.size(0) && w.stride(1) == 1 &&
+         b.stride(1) == 1 && w.stride(0) == w.size(1) + b.size(1) && b.stride(0) == w.stride(0) &&
+         static_cast<const char*>(b.data_ptr()) == static_cast<const char*>(w.data_ptr()) + w.size(1) * w.element_size();
+}
+
+// [x | t] row by row: M rows of K + r floats.
+std::vector<float> extend_x(const float* x, int64_t M, int64_t K, const float* t, int64_t r) {
+  std::vector<float> xe(M * (K + r));
+  for (int64_t m = 0; m < M; ++m) {
+    std::copy_n(x + m * K, K, xe.data() + m * (K + r));
+    std::copy_n(t + m * r, r, xe.data() + m * (K + r) + K);
+  }
+  return xe;
 }
 
 bool floating_ok(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
@@ -268,10 +288,12 @@ at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
     g.bias = bf.data_ptr<float>();
   }
   const bool multi = adapter_ids.has_value() && adapter_ids->defined();
+  bool ext = false;  // B continues W's rows (extends_rows)
   if (lora_a.has_value() && lora_a->defined()) {
     TORCH_CHECK(lora_b.has_value() && lora_b->defined(), "lora_b is required with lora_a");
     A = lora_a->contiguous();
-    B = lora_b->to(A.scalar_type()).contiguous();
+    ext = !multi && !xb.defined() && extends_rows(w, *lora_b) && (M <= kGemvMaxRows || w.scalar_type() == at::kFloat);
+    B = ext ? *lora_b : lora_b->to(A.scalar_type()).contiguous();
     TORCH_CHECK(floating_ok(A.scalar_type()), "lora_a must be fp32/bf16/fp16");
     TORCH_CHECK(A.dim() == (multi ? 3 : 2) && B.dim() == A.dim(), "lora_a/lora_b must be ", multi ? "3-D" : "2-D",
                 " (stacked per adapter iff adapter_ids is given), got ", A.sizes(), " and ", B.sizes());
@@ -298,7 +320,30 @@ at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
                     " must lie in [-1, ", n_adapters, ")");
     }
   }
-  if (M > kGemvMaxRows) {
+  if (ext && M > kGemvMaxRows) {  // fp32: shrink, then one GEMM over [x | s·t] and [W | B]
+    at::Tensor t = fp32_linear(xf, A.to(at::kFloat).contiguous(), at::Tensor()).mul_(scale_buf[0]);
+    at::Tensor we = w.as_strided({N, K + g.r}, {K + g.r, 1});
+    y.view({M, N}).copy_(fp32_linear(at::cat({xf, t}, 1), we, bf));
+  } else if (ext && M > 0 && N > 0) {  // shrink into t_buf, then one GEMV over [x | s·t] and W's extended rows
+    const float* sc = scale_buf.data();
+    switch (A.scalar_type()) {
+      case at::kFloat: shrink(g, A.data_ptr<float>(), sc, t_buf.data()); break;
+      case at::kBFloat16: shrink(g, A.data_ptr<c10::BFloat16>(), sc, t_buf.data()); break;
+      default: shrink(g, A.data_ptr<c10::Half>(), sc, t_buf.data()); break;
+    }
+    std::vector<float> xe = extend_x(g.x, M, K, t_buf.data(), g.r);
+    Gemv ge = g;
+    ge.x = xe.data(), ge.K = K + g.r, ge.st = nullptr, ge.r = 0;
+    ge.prefetch = weight_reuse().should_prefetch(w.data_ptr(), N * (K + g.r) * w.element_size() + A.nbytes());
+    ge.stream = M == 1 && stream_single_row();
+    switch (w.scalar_type()) {
+      case at::kFloat: dispatch_lora(ge, w.data_ptr<float>(), w.stride(0), at::Tensor(), at::Tensor(), sc, nullptr); break;
+      case at::kBFloat16:
+        dispatch_lora(ge, w.data_ptr<c10::BFloat16>(), w.stride(0), at::Tensor(), at::Tensor(), sc, nullptr);
+        break;
+      default: dispatch_lora(ge, w.data_ptr<c10::Half>(), w.stride(0), at::Tensor(), at::Tensor(), sc, nullptr); break;
+    }
+  } else if (M > kGemvMaxRows) {
     scales = at::tensor(scale_buf.empty() ? std::vector<float>{1.f} : scale_buf);
     y.view({M, N}).copy_(gemm_path(xf, w, A, B, scales, bf, ids, multi));
   } else if (M > 0 && N > 0) {

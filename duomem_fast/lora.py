@@ -150,6 +150,23 @@ def attach_adapter(weights: Weights, cfg: ModelConfig, adapter: Adapter) -> None
                 lw.lora[fused] = _stack(cfg, fused, parts, getattr(lw, fused))
 
 
+def extend_lora_rows(weights: Weights) -> None:
+    """Store each unmerged B as the continuation of its W's rows: one (N, K + r) tensor whose column slices are the
+    linear's weight and its LoRA B (no extra memory). The CPU lora_linear recognises the pair and computes
+    [x | s·x Aᵀ] · [W | B]ᵀ: each decode GEMV reads one stream instead of W plus a thin second one, and an append
+    runs one GEMM instead of base GEMM, expand GEMM and an add. Other backends see an ordinary strided W and B.
+    A sits just before them in the same allocation, so a decode call's shrink pass runs on into the W stream."""
+    for lw in weights.layers:
+        for name, pair in lw.lora.items():
+            w = getattr(lw, name)
+            (n, k), r = w.shape, pair.a.shape[0]
+            buf = torch.empty(r * k + n * (k + r), dtype=w.dtype)
+            a, ext = buf[:r * k].view(r, k), buf[r * k:].view(n, k + r)
+            a.copy_(pair.a), ext[:, :k].copy_(w), ext[:, k:].copy_(pair.b)
+            setattr(lw, name, ext[:, :k])
+            pair.a, pair.b = a, ext[:, k:]
+
+
 def _stack(cfg: ModelConfig, fused: str, parts: list, w: Tensor) -> LoraPair:
     a = torch.cat([p[1] for p in parts])
     b = torch.zeros(w.shape[0], a.shape[0])

@@ -53,6 +53,20 @@ def test_unmerged_fused_lora_is_stacked(tiny_dirs, adapter):
     assert not pair.b[:cfg.q_size, 4:].any()  # block structure: q rows see only q's rank block
 
 
+@pytest.mark.parametrize("kw, extended", [({}, True), ({"weight_dtype": "bfloat16"}, True),
+                                         ({"dtype": "bfloat16"}, False)])
+def test_unmerged_b_continues_w_rows(tiny_dirs, adapter, kw, extended):
+    """Under fp32 activations each fused W and its B are the column slices of one (N, K + r) tensor (lora.py
+    extend_lora_rows, read by the CPU lora_linear as one matrix); all-bf16 engines keep them apart."""
+    eng = Engine.from_pretrained(tiny_dirs["llama"], adapter=adapter, **kw)
+    for lw in eng.decoder.w.layers:
+        for name, pair in lw.lora.items():
+            w = getattr(lw, name)
+            adjacent = w.stride(0) == w.shape[1] + pair.b.shape[1] and \
+                pair.b.data_ptr() == w.data_ptr() + w.shape[1] * w.element_size()
+            assert adjacent == extended, name
+
+
 def test_missing_files(tiny_dirs, adapter, tmp_path):
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         bad = _copy(adapter, tmp_path / name)

@@ -145,3 +145,17 @@ def test_single_row_stream_multi_adapter(ids, single_row_stream):
     for on in (True, False):
         single_row_stream(on)
         assert_close(ops.lora_linear(x, w, a, b, scales, bias, adapter_ids=ids), ref, torch.float32)
+
+
+@pytest.mark.parametrize("M", [1, 2, 5, 16, 17, 60])
+@pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16])
+def test_b_continuing_w_rows(M, wdtype):
+    """W and B as the column slices of one (N, K + r) tensor (lora.py extend_lora_rows): the kernel runs one GEMV or
+    GEMM over [x | s·x Aᵀ] and [W | B]; a B one column further on (not adjacent) takes the ordinary path."""
+    x, w, a, b, bias = make(M, 111, 37, 16, torch.float32, wdtype=wdtype)
+    ref = lora_linear_ref(x, w, a, b, 0.5, bias)
+    joined = torch.cat([w, b.to(wdtype)], dim=1)
+    gap = torch.cat([w, torch.zeros(37, 1, dtype=wdtype), b.to(wdtype)], dim=1)
+    for ext, wv, bv in ((joined, joined[:, :111], joined[:, 111:]), (gap, gap[:, :111], gap[:, 112:])):
+        tol = torch.float32 if wdtype == torch.float32 else torch.bfloat16  # bf16 B rounds the expand
+        assert_close(ops.lora_linear(x, wv, a, bv.to(torch.float32) if ext is gap else bv, 0.5, bias), ref, tol)
