@@ -326,6 +326,7 @@ at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
     y.view({M, N}).copy_(fp32_linear(at::cat({xf, t}, 1), we, bf));
   } else if (ext && M > 0 && N > 0) {  // shrink into t_buf, then one GEMV over [x | s·t] and W's extended rows
     const float* sc = scale_buf.data();
+    g.prefetch = weight_reuse().should_prefetch(w.data_ptr(), N * (K + g.r) * w.element_size() + A.nbytes());
     switch (A.scalar_type()) {
       case at::kFloat: shrink(g, A.data_ptr<float>(), sc, t_buf.data()); break;
       case at::kBFloat16: shrink(g, A.data_ptr<c10::BFloat16>(), sc, t_buf.data()); break;
@@ -334,7 +335,6 @@ at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
     std::vector<float> xe = extend_x(g.x, M, K, t_buf.data(), g.r);
     Gemv ge = g;
     ge.x = xe.data(), ge.K = K + g.r, ge.st = nullptr, ge.r = 0;
-    ge.prefetch = weight_reuse().should_prefetch(w.data_ptr(), N * (K + g.r) * w.element_size() + A.nbytes());
     ge.stream = M == 1 && stream_single_row();
     switch (w.scalar_type()) {
       case at::kFloat: dispatch_lora(ge, w.data_ptr<float>(), w.stride(0), at::Tensor(), at::Tensor(), sc, nullptr); break;
