@@ -1,14 +1,18 @@
 // Fused LoRA linear on CPU: y = x Wᵀ + s·(x Aᵀ) Bᵀ (+ bias), fp32 accumulation.
 //
 // Decode is GEMV-bound: every call streams W (N, K) from memory once, so the kernel is built around that stream.
-//  - Rows of W are taken 8 at a time and each block meets every row of x while it is hot, in 4x4 register blocks
-//    (4 W rows x 4 x rows = 16 accumulators: each W vector loaded feeds 4 FMAs), so memory sees W once whatever M is
+//  - One x row (every decode GEMV) reads W row after row (vec.h stream_rows): one forward stream the hardware
+//    prefetcher follows, at a plain sum's rate; 8 rows side by side (below) stream ~25% slower.
+//  - 2-16 rows: rows of W are taken 8 at a time and each block meets every row of x while it is hot, in 4x4 register
+//    blocks (4 W rows x 4 x rows = 16 accumulators: each W vector loaded feeds 4 FMAs), so memory sees W once whatever M is
 //    (stock GEMV re-reads W per row: ~3.5x for M=4). Each block prefetches the next one into L2 unless W is
 //    likely cached already (weight_reuse.h: prefetch gains 1.6-2.8x cold, costs 10-15% hot);
 //    long K is split so a block's x and W slices share L1 (k_chunk).
 //  - The shrink t = s·x Aᵀ runs through the same kernel as W (A's r rows are just more rows) before the W pass; the
 //    expand is r more steps of the W block's own dot products ([W | B] · [x | s·t]), so it needs no separate
 //    reduction, and the bias joins at the store: the delta never makes its own pass over y.
+//  - Unmerged engines store B as the continuation of W's rows (extends_rows): then the call is one GEMV or GEMM over
+//    [x | s·x Aᵀ] and [W | B], with no thin B stream and no separate expand.
 //  - Threads split W's rows in chunks through parallel.h (no OpenMP barrier: robust on a loaded 2-core machine).
 //  - Weights fp32, bf16 or fp16, widened exactly in registers; bf16 weights with bf16 x use AVX512-BF16 vdpbf16ps.
 //  - Multi-adapter: stacked A (n, r, K) / B (n, N, r), per-row adapter id, -1 = base only.
