@@ -121,7 +121,10 @@ void attend_tiled(const float* const* q_rows, int64_t n, int64_t D, const float*
     transpose_block(k + n0 * ld, ld, nk, D, kt.data());
     for (int64_t r0 = 0; r0 < npad; r0 += kTileRows) {
       int64_t vis[kTileRows], any = 0;
-      for (int64_t i = 0; i < kTileRows; ++i) any = std::max(any, vis[i] = std::clamp<int64_t>(lim[r0 + i] - n0, 0, nk));
+      for (int64_t i = 0; i < kTileRows; ++i) {
+        vis[i] = std::clamp<int64_t>(lim[r0 + i] - n0, 0, nk);
+        any = std::max(any, vis[i]);
+      }
       if (any == 0) continue;  // no row of the tile sees this block (causal): nothing to add, not even e^-100
       tile_step(q.data() + r0 * D, D, kt.data(), v + n0 * ld, ld, nk, vis, m.data() + r0, l.data() + r0,
                 o.data() + r0 * D, p.data());

@@ -4,9 +4,9 @@
 //  - One x row (every decode GEMV) reads W row after row (vec.h stream_rows): one forward stream the hardware
 //    prefetcher follows, at a plain sum's rate; 8 rows side by side (below) stream ~25% slower.
 //  - 2-16 rows: rows of W are taken 8 at a time and each block meets every row of x while it is hot, in 4x4 register
-//    blocks (4 W rows x 4 x rows = 16 accumulators: each W vector loaded feeds 4 FMAs), so memory sees W once whatever M is
-//    (stock GEMV re-reads W per row: ~3.5x for M=4). Each block prefetches the next one into L2 unless W is
-//    likely cached already (weight_reuse.h: prefetch gains 1.6-2.8x cold, costs 10-15% hot);
+//    blocks (4 W rows x 4 x rows = 16 accumulators: each W vector loaded feeds 4 FMAs), so memory sees W once
+//    whatever M is (stock GEMV re-reads W per row: ~3.5x for M=4). Each block prefetches the next one into L2 unless
+//    W is likely cached already (weight_reuse.h: prefetch gains 1.6-2.8x cold, costs 10-15% hot);
 //    long K is split so a block's x and W slices share L1 (k_chunk).
 //  - The shrink t = s·x Aᵀ runs through the same kernel as W (A's r rows are just more rows) before the W pass; the
 //    expand is r more steps of the W block's own dot products ([W | B] · [x | s·t]), so it needs no separate
@@ -238,12 +238,13 @@ at::Tensor gemm_path(const at::Tensor& xf, const at::Tensor& w, const at::Tensor
 }
 
 // B stored as the continuation of W's rows (lora.py extend_lora_rows): W (N, K) and B (N, r) are the column slices
-// [:, :K] and [:, K:] of one (N, K + r) tensor, so y = [x | s·x Aᵀ] · [W | B]ᵀ is one GEMV (one memory stream, B no
-// longer a second, thin one) or one GEMM (instead of base GEMM, expand GEMM and an add).
+// [:, :K] and [:, K:] of one (N, K + r) tensor, so y = [x | s·x Aᵀ] · [W | B]ᵀ is one GEMV (one memory stream, B
+// no longer a second, thin one) or one GEMM (instead of base GEMM, expand GEMM and an add).
 bool extends_rows(const at::Tensor& w, const at::Tensor& b) {
+  const char* w_end = static_cast<const char*>(w.data_ptr()) + w.size(1) * w.element_size();  // end of W's row 0
   return b.dim() == 2 && b.scalar_type() == w.scalar_type() && b.size(0) == w.size(0) && w.stride(1) == 1 &&
          b.stride(1) == 1 && w.stride(0) == w.size(1) + b.size(1) && b.stride(0) == w.stride(0) &&
-         static_cast<const char*>(b.data_ptr()) == static_cast<const char*>(w.data_ptr()) + w.size(1) * w.element_size();
+         static_cast<const char*>(b.data_ptr()) == w_end;
 }
 
 // [x | t] row by row: M rows of K + r floats.
@@ -296,7 +297,8 @@ at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
   if (lora_a.has_value() && lora_a->defined()) {
     TORCH_CHECK(lora_b.has_value() && lora_b->defined(), "lora_b is required with lora_a");
     A = lora_a->contiguous();
-    ext = !multi && !xb.defined() && extends_rows(w, *lora_b) && (M <= kGemvMaxRows || w.scalar_type() == at::kFloat);
+    ext = !multi && !xb.defined() && extends_rows(w, *lora_b) &&
+          (M <= kGemvMaxRows || w.scalar_type() == at::kFloat);
     B = ext ? *lora_b : lora_b->to(A.scalar_type()).contiguous();
     TORCH_CHECK(floating_ok(A.scalar_type()), "lora_a must be fp32/bf16/fp16");
     TORCH_CHECK(A.dim() == (multi ? 3 : 2) && B.dim() == A.dim(), "lora_a/lora_b must be ", multi ? "3-D" : "2-D",
@@ -341,7 +343,9 @@ at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
     ge.x = xe.data(), ge.K = K + g.r, ge.st = nullptr, ge.r = 0;
     ge.stream = M == 1 && stream_single_row();
     switch (w.scalar_type()) {
-      case at::kFloat: dispatch_lora(ge, w.data_ptr<float>(), w.stride(0), at::Tensor(), at::Tensor(), sc, nullptr); break;
+      case at::kFloat:
+        dispatch_lora(ge, w.data_ptr<float>(), w.stride(0), at::Tensor(), at::Tensor(), sc, nullptr);
+        break;
       case at::kBFloat16:
         dispatch_lora(ge, w.data_ptr<c10::BFloat16>(), w.stride(0), at::Tensor(), at::Tensor(), sc, nullptr);
         break;
