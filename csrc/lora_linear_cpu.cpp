@@ -191,6 +191,25 @@ void dispatch_lora(const Gemv& g, const WT* W, int64_t ldw, const at::Tensor& A,
   }
 }
 
+// dispatch_lora on W's dtype.
+void gemv_any(const Gemv& g, const at::Tensor& w, const at::Tensor& A, const at::Tensor& B, const float* scales,
+              float* t) {
+  switch (w.scalar_type()) {
+    case at::kFloat: return dispatch_lora(g, w.data_ptr<float>(), w.stride(0), A, B, scales, t);
+    case at::kBFloat16: return dispatch_lora(g, w.data_ptr<c10::BFloat16>(), w.stride(0), A, B, scales, t);
+    default: return dispatch_lora(g, w.data_ptr<c10::Half>(), w.stride(0), A, B, scales, t);
+  }
+}
+
+// shrink on A's dtype.
+void shrink_any(const Gemv& g, const at::Tensor& A, const float* scales, float* t) {
+  switch (A.scalar_type()) {
+    case at::kFloat: return shrink(g, A.data_ptr<float>(), scales, t);
+    case at::kBFloat16: return shrink(g, A.data_ptr<c10::BFloat16>(), scales, t);
+    default: return shrink(g, A.data_ptr<c10::Half>(), scales, t);
+  }
+}
+
 // Above this many rows the blocked GEMM wins, so prefill goes through oneDNN (fp32_linear) or ATen's bf16 mm: base
 // GEMM, then the LoRA delta as two thin GEMMs. 1 thread, no LoRA, p10 us ours / oneDNN: 576x1536 M=16 154/205,
 // M=17 215/214; 1536x576 M=16 156/210, M=17 214/212 (torch's MKL mm: 365 and 426 at M=16 and 17).
@@ -330,39 +349,23 @@ at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
     at::Tensor t = fp32_linear(xf, A.to(at::kFloat).contiguous(), at::Tensor()).mul_(scale_buf[0]);
     at::Tensor we = w.as_strided({N, K + g.r}, {K + g.r, 1});
     y.view({M, N}).copy_(fp32_linear(at::cat({xf, t}, 1), we, bf));
-  } else if (ext && M > 0 && N > 0) {  // shrink into t_buf, then one GEMV over [x | s·t] and W's extended rows
-    const float* sc = scale_buf.data();
-    g.prefetch = weight_reuse().should_prefetch(w.data_ptr(), N * (K + g.r) * w.element_size() + A.nbytes());
-    switch (A.scalar_type()) {
-      case at::kFloat: shrink(g, A.data_ptr<float>(), sc, t_buf.data()); break;
-      case at::kBFloat16: shrink(g, A.data_ptr<c10::BFloat16>(), sc, t_buf.data()); break;
-      default: shrink(g, A.data_ptr<c10::Half>(), sc, t_buf.data()); break;
-    }
-    std::vector<float> xe = extend_x(g.x, M, K, t_buf.data(), g.r);
-    Gemv ge = g;
-    ge.x = xe.data(), ge.K = K + g.r, ge.st = nullptr, ge.r = 0;
-    ge.stream = M == 1 && stream_single_row();
-    switch (w.scalar_type()) {
-      case at::kFloat:
-        dispatch_lora(ge, w.data_ptr<float>(), w.stride(0), at::Tensor(), at::Tensor(), sc, nullptr);
-        break;
-      case at::kBFloat16:
-        dispatch_lora(ge, w.data_ptr<c10::BFloat16>(), w.stride(0), at::Tensor(), at::Tensor(), sc, nullptr);
-        break;
-      default: dispatch_lora(ge, w.data_ptr<c10::Half>(), w.stride(0), at::Tensor(), at::Tensor(), sc, nullptr); break;
-    }
   } else if (M > kGemvMaxRows) {
     scales = at::tensor(scale_buf.empty() ? std::vector<float>{1.f} : scale_buf);
     y.view({M, N}).copy_(gemm_path(xf, w, A, B, scales, bf, ids, multi));
   } else if (M > 0 && N > 0) {
-    const int64_t nbytes = w.nbytes() + (A.defined() ? A.nbytes() + B.nbytes() : 0);
-    g.prefetch = weight_reuse().should_prefetch(w.data_ptr(), nbytes);
     g.stream = M == 1 && !g.xb && stream_single_row();
     const float* sc = scale_buf.data();
-    switch (w.scalar_type()) {
-      case at::kFloat: dispatch_lora(g, w.data_ptr<float>(), w.stride(0), A, B, sc, t_buf.data()); break;
-      case at::kBFloat16: dispatch_lora(g, w.data_ptr<c10::BFloat16>(), w.stride(0), A, B, sc, t_buf.data()); break;
-      default: dispatch_lora(g, w.data_ptr<c10::Half>(), w.stride(0), A, B, sc, t_buf.data()); break;
+    if (ext) {  // shrink into t_buf, then one GEMV over [x | s·t] and W's extended rows
+      g.prefetch = weight_reuse().should_prefetch(w.data_ptr(), N * (K + g.r) * w.element_size() + A.nbytes());
+      shrink_any(g, A, sc, t_buf.data());
+      std::vector<float> xe = extend_x(g.x, M, K, t_buf.data(), g.r);
+      Gemv ge = g;
+      ge.x = xe.data(), ge.K = K + g.r, ge.st = nullptr, ge.r = 0;
+      gemv_any(ge, w, at::Tensor(), at::Tensor(), sc, nullptr);
+    } else {
+      const int64_t nbytes = w.nbytes() + (A.defined() ? A.nbytes() + B.nbytes() : 0);
+      g.prefetch = weight_reuse().should_prefetch(w.data_ptr(), nbytes);
+      gemv_any(g, w, A, B, sc, t_buf.data());
     }
   }
   return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
