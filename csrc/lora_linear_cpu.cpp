@@ -123,7 +123,7 @@ void rows(const Gemv& g, const WT* w, int64_t ldw, int64_t n_rows, const LT* B, 
     const int64_t ad = g.ids ? g.ids[0] : 0;
     const LT* b = B && ad >= 0 ? B + (ad * g.N + r0) * g.r : nullptr;
     return stream_rows(w + r0 * ldw, ldw, r1 - r0, g.x, g.K, b, g.r, g.st, g.bias ? g.bias + r0 : nullptr,
-                       g.out + r0);
+                       g.out + r0, g.prefetch);
   }
   const int64_t kc = k_chunk(g.M, g.K);
   for (int64_t k0 = 0; k0 < g.K; k0 += kc) {

@@ -243,15 +243,21 @@ inline void lora_dot(const WT* w, int64_t ldw, const float* x, int64_t ldx, int6
 }
 
 // One x row (decode, M=1): W's rows one after another, so memory sees a single forward stream (plus B's, r floats
-// per row) that the hardware prefetcher follows across rows and across calls, with no software prefetch. The 8-row
+// per row) that the hardware prefetcher follows across rows and across calls, helped by a look-ahead below. The 8-row
 // block (lora_dot) reads 8 rows side by side, 8 streams 2.3 KiB apart at K=576, which the prefetcher follows worse:
 // standalone, 1 thread, the default model's 120 layer matrices (425 MB fp32) in decode order, GB/s median of 12
 // passes over 4 runs: 8-row blocks with next-block prefetch 22.5-23.5, row after row 28.9-30.7, a plain sum of the
 // same bytes 29.4-32.0. Each row keeps 4 accumulators over K (independent FMA chains); 16 rows' sums then go through
 // one transpose-add tree. out[i] = w_i · x + b_i · st (+ bias[i]) for i < n (b = B's rows for these W rows, or null).
+// prefetch (W likely not cached: weight_reuse.h): each 256 B of W read also asks for the 256 B kStreamAhead further
+// on into L2. On a host with slower DRAM than the one the stream was tuned on (20-28 GB/s probe; 2.6 GHz), the
+// 120 layer matrices in decode order, 1 thread, same process: no look-ahead 27.4-29.1 ms, 1 KiB 19.5-22.6, 2 KiB
+// 18.8-22.5, 3 KiB 20.6-24.2, 4-16 KiB 25-28; into L1 (T0) 28.7-34.7 (weights in one arena on 2 MiB pages,
+// model/arena.py; on separate 4 KiB-page tensors 2 KiB gives 24.4-24.7 against 28.9-29.3).
+constexpr int64_t kStreamAhead = 2048;
 template <typename WT, typename LT>
 inline void stream_rows(const WT* w, int64_t ldw, int64_t n, const float* x, int64_t K, const LT* b, int64_t r,
-                        const float* st, const float* bias, float* out) {
+                        const float* st, const float* bias, float* out, bool prefetch) {
   for (int64_t i0 = 0; i0 < n; i0 += 16) {
     const int64_t rows = std::min<int64_t>(16, n - i0);
     __m512 sums[16];
@@ -264,6 +270,11 @@ inline void stream_rows(const WT* w, int64_t ldw, int64_t n, const float* x, int
       __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
       int64_t k = 0;
       for (; k + 64 <= K; k += 64) {
+        if (prefetch) {
+          const char* p = reinterpret_cast<const char*>(wi + k) + kStreamAhead;
+#pragma GCC unroll 4
+          for (int l = 0; l < 64 * static_cast<int>(sizeof(WT)); l += 64) _mm_prefetch(p + l, _MM_HINT_T1);
+        }
         a0 = _mm512_fmadd_ps(load16(wi + k), _mm512_loadu_ps(x + k), a0);
         a1 = _mm512_fmadd_ps(load16(wi + k + 16), _mm512_loadu_ps(x + k + 16), a1);
         a2 = _mm512_fmadd_ps(load16(wi + k + 32), _mm512_loadu_ps(x + k + 32), a2);
@@ -335,7 +346,7 @@ inline void lora_dot_bf16(const c10::BFloat16* w, int64_t ldw, const c10::BFloat
 #else
 template <typename WT, typename LT>
 inline void stream_rows(const WT* w, int64_t ldw, int64_t n, const float* x, int64_t K, const LT* b, int64_t r,
-                        const float* st, const float* bias, float* out) {
+                        const float* st, const float* bias, float* out, bool /*prefetch*/) {
   for (int64_t i = 0; i < n; ++i) {
     float s = bias ? bias[i] : 0.f;
     for (int64_t k = 0; k < K; ++k) s += to_f(w[i * ldw + k]) * x[k];
