@@ -7,6 +7,7 @@ import torch
 
 from duomem_fast.engine.identity import model_fingerprint
 from duomem_fast.lora import attach_adapter, extend_lora_rows, load_adapter, merge_adapter
+from duomem_fast.model.arena import pack_weights
 from duomem_fast.model.config import load_config
 from duomem_fast.model.decoder import Decoder
 from duomem_fast.model.loader import DEFAULT_MODEL, resolve_model_dir
@@ -49,6 +50,7 @@ def build_engine(cls, model, adapter, merge_lora: bool, dtype, attn_impl: str = 
         _cast_linears(weights, wdtype)
     if adapter is not None and not merge_lora and dtype == torch.float32:
         extend_lora_rows(weights)  # the CPU kernels' [W | B] rows; all-bf16 engines keep bf16 x paths apart
+    pack_weights(weights)  # one arena in decode read order, on 2 MiB pages (model/arena.py)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     fingerprint = model_fingerprint(weight_files(model_dir), model_dir / "config.json", digest, merge_lora, dtype,
                                     None if wdtype == dtype else wdtype)
