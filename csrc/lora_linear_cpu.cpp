@@ -2,8 +2,9 @@
 //
 // Decode is GEMV-bound: every call streams W (N, K) from memory once, so the kernel is built around that stream.
 //  - One x row (every decode GEMV) reads W row after row (vec.h stream_rows): one forward stream the hardware
-//    prefetcher follows, at a plain sum's rate; 8 rows side by side (below) stream ~25% slower.
-//  - 2-16 rows: rows of W are taken 8 at a time and each block meets every row of x while it is hot, in 4x4 register
+//    prefetcher follows, with a software look-ahead; 8 rows side by side (below) stream ~25% slower. 2-4 rows (a
+//    decode step of a few sessions) stream the same way, each W vector feeding one FMA per row (streams()).
+//  - 2-16 rows otherwise: rows of W are taken 8 at a time and each block meets every row of x while it is hot, in 4x4 register
 //    blocks (4 W rows x 4 x rows = 16 accumulators: each W vector loaded feeds 4 FMAs), so memory sees W once
 //    whatever M is (stock GEMV re-reads W per row: ~3.5x for M=4). Each block prefetches the next one into L2 unless
 //    W is likely cached already (weight_reuse.h: prefetch gains 1.6-2.8x cold, costs 10-15% hot);
@@ -51,7 +52,7 @@ struct Gemv {
   const float* st;           // (M, r): s_id · x Aᵀ, the expand's input; null = no LoRA extension
   int64_t r, N;              // rank, rows of B per adapter
   bool prefetch = true;      // prefetch the next W block (weights likely not cached: weight_reuse.h)
-  bool stream = false;       // one x row: W row after row (stream_rows) instead of 8-row blocks
+  bool stream = false;       // 1-4 x rows: W row after row (stream_rows) instead of 8-row blocks (streams())
 };
 
 // out rows [m0, m0+MB), columns [n0, n0+NB), over K range [k0, k1); the LoRA extension and bias join on the last range.
@@ -120,10 +121,19 @@ inline int64_t k_chunk(int64_t M, int64_t K) {
 template <typename WT, typename LT>
 void rows(const Gemv& g, const WT* w, int64_t ldw, int64_t n_rows, const LT* B, int64_t r0, int64_t r1) {
   if (g.stream) {  // decode: W row after row, one memory stream (vec.h stream_rows)
-    const int64_t ad = g.ids ? g.ids[0] : 0;
+    const int64_t ad = g.ids ? g.ids[0] : 0;  // several rows stream only under one adapter (streams())
     const LT* b = B && ad >= 0 ? B + (ad * g.N + r0) * g.r : nullptr;
-    return stream_rows(w + r0 * ldw, ldw, r1 - r0, g.x, g.K, b, g.r, g.st, g.bias ? g.bias + r0 : nullptr,
-                       g.out + r0, g.prefetch);
+    const float* bias = g.bias ? g.bias + r0 : nullptr;
+    auto run = [&](auto mb) {
+      stream_rows<decltype(mb)::value>(w + r0 * ldw, ldw, r1 - r0, g.x, g.K, g.K, b, g.r, g.st, g.r, bias, g.out + r0,
+                                       g.ldo, g.prefetch);
+    };
+    switch (g.M) {
+      case 1: return run(std::integral_constant<int, 1>{});
+      case 2: return run(std::integral_constant<int, 2>{});
+      case 3: return run(std::integral_constant<int, 3>{});
+      default: return run(std::integral_constant<int, 4>{});
+    }
   }
   const int64_t kc = k_chunk(g.M, g.K);
   for (int64_t k0 = 0; k0 < g.K; k0 += kc) {
@@ -276,6 +286,18 @@ std::vector<float> extend_x(const float* x, int64_t M, int64_t K, const float* t
   return xe;
 }
 
+// Whether the W pass reads W row after row (vec.h stream_rows) rather than in 8-row blocks: one x row (the single
+// memory stream; set_lora_single_row_stream switches it off to compare) and 2-4 rows under one adapter. Cold, 1
+// thread, the 120 layer matrices in decode order: 4 rows streamed cost about what one does (vec.h), in the 4x4 blocks
+// 1.3-2x. By shape only, never by cache state, so a call's result does not depend on what ran before it. bf16 x keeps
+// the blocks (vdpbf16ps).
+constexpr int64_t kStreamMaxRows = 4;
+bool streams(const Gemv& g) {
+  if (g.xb) return false;
+  if (g.M == 1) return stream_single_row();
+  return g.M <= kStreamMaxRows && !g.ids;
+}
+
 bool floating_ok(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
 
 }  // namespace
@@ -353,18 +375,18 @@ at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
     scales = at::tensor(scale_buf.empty() ? std::vector<float>{1.f} : scale_buf);
     y.view({M, N}).copy_(gemm_path(xf, w, A, B, scales, bf, ids, multi));
   } else if (M > 0 && N > 0) {
-    g.stream = M == 1 && !g.xb && stream_single_row();
     const float* sc = scale_buf.data();
+    const int64_t nbytes = ext ? N * (K + g.r) * w.element_size() + A.nbytes()
+                               : w.nbytes() + (A.defined() ? A.nbytes() + B.nbytes() : 0);
+    g.prefetch = weight_reuse().should_prefetch(w.data_ptr(), nbytes);
+    g.stream = streams(g);
     if (ext) {  // shrink into t_buf, then one GEMV over [x | s·t] and W's extended rows
-      g.prefetch = weight_reuse().should_prefetch(w.data_ptr(), N * (K + g.r) * w.element_size() + A.nbytes());
       shrink_any(g, A, sc, t_buf.data());
       std::vector<float> xe = extend_x(g.x, M, K, t_buf.data(), g.r);
       Gemv ge = g;
       ge.x = xe.data(), ge.K = K + g.r, ge.st = nullptr, ge.r = 0;
       gemv_any(ge, w, at::Tensor(), at::Tensor(), sc, nullptr);
     } else {
-      const int64_t nbytes = w.nbytes() + (A.defined() ? A.nbytes() + B.nbytes() : 0);
-      g.prefetch = weight_reuse().should_prefetch(w.data_ptr(), nbytes);
       gemv_any(g, w, A, B, sc, t_buf.data());
     }
   }

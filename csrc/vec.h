@@ -242,64 +242,97 @@ inline void lora_dot(const WT* w, int64_t ldw, const float* x, int64_t ldx, int6
   lora_finish<NB, MB>(acc, b, r, st, ldt, bias, out, ldo, add_out);
 }
 
-// One x row (decode, M=1): W's rows one after another, so memory sees a single forward stream (plus B's, r floats
-// per row) that the hardware prefetcher follows across rows and across calls, helped by a look-ahead below. The 8-row
-// block (lora_dot) reads 8 rows side by side, 8 streams 2.3 KiB apart at K=576, which the prefetcher follows worse:
-// standalone, 1 thread, the default model's 120 layer matrices (425 MB fp32) in decode order, GB/s median of 12
-// passes over 4 runs: 8-row blocks with next-block prefetch 22.5-23.5, row after row 28.9-30.7, a plain sum of the
-// same bytes 29.4-32.0. Each row keeps 4 accumulators over K (independent FMA chains); 16 rows' sums then go through
-// one transpose-add tree. out[i] = w_i · x + b_i · st (+ bias[i]) for i < n (b = B's rows for these W rows, or null).
-// prefetch (W likely not cached: weight_reuse.h): each 256 B of W read also asks for the 256 B kStreamAhead further
-// on into L2. On a host with slower DRAM than the one the stream was tuned on (20-28 GB/s probe; 2.6 GHz), the
-// 120 layer matrices in decode order, 1 thread, same process: no look-ahead 27.4-29.1 ms, 1 KiB 19.5-22.6, 2 KiB
-// 18.8-22.5, 3 KiB 20.6-24.2, 4-16 KiB 25-28; into L1 (T0) 28.7-34.7 (weights in one arena on 2 MiB pages,
-// model/arena.py; on separate 4 KiB-page tensors 2 KiB gives 24.4-24.7 against 28.9-29.3).
-constexpr int64_t kStreamAhead = 2048;
-template <typename WT, typename LT>
-inline void stream_rows(const WT* w, int64_t ldw, int64_t n, const float* x, int64_t K, const LT* b, int64_t r,
-                        const float* st, const float* bias, float* out, bool prefetch) {
+// 1-4 x rows (decode: one row per session): W's rows one after another, so memory sees a single forward stream
+// (plus B's, r floats per row) that the hardware prefetcher follows across rows and across calls, helped by a
+// look-ahead below. The 8-row block (lora_dot) reads 8 rows side by side, 8 streams 2.3 KiB apart at K=576, which the
+// prefetcher follows worse: standalone, 1 thread, the default model's 120 layer matrices (425 MB fp32) in decode
+// order, GB/s median of 12 passes over 4 runs: 8-row blocks with next-block prefetch 22.5-23.5, row after row
+// 28.9-30.7, a plain sum of the same bytes 29.4-32.0. Each W vector feeds MB FMAs (one per x row, x from L1); each
+// row keeps 4 / MB accumulators per x row over K (independent FMA chains, 4 then 2 vectors per step), and 16 rows'
+// sums go through one transpose-add tree per x row.
+// out[j*ldo + i] = w_i · x_j + b_i · st_j (+ bias[i]) for i < n, j < MB (b = B's rows for these W rows, or null).
+// prefetch (W likely not cached: weight_reuse.h): each step's W bytes are also asked for kStreamAhead further on,
+// into L2. Standalone on a host with slower DRAM than the one the stream was tuned on (20-28 GB/s probe; 2.6 GHz),
+// the 120 layer matrices in decode order, 1 thread, interleaved. One x row: no look-ahead 27.4-29.1 ms, 1 KiB
+// 19.5-22.6, 2 KiB 18.8-22.5, 3 KiB 20.6-24.2, 4-16 KiB 25-28; into L1 (T0) 28.7-34.7 (weights in one arena on 2 MiB
+// pages, model/arena.py; on separate 4 KiB-page tensors 2 KiB gives 24.4-24.7 against 28.9-29.3). Four x rows (a
+// step of 4 sessions: 5 loads per 4 FMAs, so the core runs behind the memory stream unless it is asked far ahead):
+// no look-ahead 47-49 ms, 2 KiB 36-38, 8 KiB 20-36, 16 KiB 18-23, 32 KiB 20-24, against 21-24 for one row at
+// 2 KiB; 4x4 register blocks (lora_dot) with the same look-ahead 27-45.
+constexpr int64_t kStreamAhead[2] = {2048, 16384};  // one x row, several
+template <int MB, typename WT, typename LT>
+inline void stream_rows(const WT* w, int64_t ldw, int64_t n, const float* x, int64_t ldx, int64_t K, const LT* b,
+                        int64_t r, const float* st, int64_t ldt, const float* bias, float* out, int64_t ldo,
+                        bool prefetch) {
+  constexpr int U = MB == 1 ? 4 : 2;  // vectors per K step (accumulators per x row)
+  constexpr int64_t kStep = 16 * U, kStepBytes = kStep * static_cast<int64_t>(sizeof(WT));
+  const int64_t ahead = kStreamAhead[MB > 1];
   for (int64_t i0 = 0; i0 < n; i0 += 16) {
     const int64_t rows = std::min<int64_t>(16, n - i0);
-    __m512 sums[16];
+    __m512 sums[MB][16];
     for (int64_t i = 0; i < 16; ++i) {
       if (i >= rows) {
-        sums[i] = _mm512_setzero_ps();
+        for (int j = 0; j < MB; ++j) sums[j][i] = _mm512_setzero_ps();
         continue;
       }
       const WT* wi = w + (i0 + i) * ldw;
-      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-      int64_t k = 0;
-      for (; k + 64 <= K; k += 64) {
-        if (prefetch) {
-          const char* p = reinterpret_cast<const char*>(wi + k) + kStreamAhead;
+      __m512 acc[MB][U];
+#pragma GCC unroll 8
+      for (int j = 0; j < MB; ++j)
 #pragma GCC unroll 4
-          for (int l = 0; l < 64 * static_cast<int>(sizeof(WT)); l += 64) _mm_prefetch(p + l, _MM_HINT_T1);
+        for (int u = 0; u < U; ++u) acc[j][u] = _mm512_setzero_ps();
+      int64_t k = 0;
+      for (; k + kStep <= K; k += kStep) {
+        if (prefetch) {
+          const char* p = reinterpret_cast<const char*>(wi + k) + ahead;
+#pragma GCC unroll 4
+          for (int64_t l = 0; l < kStepBytes; l += 64) _mm_prefetch(p + l, _MM_HINT_T1);
         }
-        a0 = _mm512_fmadd_ps(load16(wi + k), _mm512_loadu_ps(x + k), a0);
-        a1 = _mm512_fmadd_ps(load16(wi + k + 16), _mm512_loadu_ps(x + k + 16), a1);
-        a2 = _mm512_fmadd_ps(load16(wi + k + 32), _mm512_loadu_ps(x + k + 32), a2);
-        a3 = _mm512_fmadd_ps(load16(wi + k + 48), _mm512_loadu_ps(x + k + 48), a3);
+        __m512 wv[U];
+#pragma GCC unroll 4
+        for (int u = 0; u < U; ++u) {
+          wv[u] = load16(wi + k + 16 * u);
+          if constexpr (MB > 1) DUOMEM_PIN(wv[u]);
+        }
+#pragma GCC unroll 8
+        for (int j = 0; j < MB; ++j)
+#pragma GCC unroll 4
+          for (int u = 0; u < U; ++u)
+            acc[j][u] = _mm512_fmadd_ps(wv[u], _mm512_loadu_ps(x + j * ldx + k + 16 * u), acc[j][u]);
       }
       for (; k < K; k += 16) {
         const __mmask16 m = K - k >= 16 ? 0xffff : static_cast<__mmask16>((1u << (K - k)) - 1u);
-        a0 = _mm512_fmadd_ps(load16m(wi + k, m), _mm512_maskz_loadu_ps(m, x + k), a0);
+        const __m512 wv = load16m(wi + k, m);
+#pragma GCC unroll 8
+        for (int j = 0; j < MB; ++j)
+          acc[j][0] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x + j * ldx + k), acc[j][0]);
       }
       if (b) {
         const LT* bi = b + (i0 + i) * r;
         if (i0 + i + 16 < n)  // B's rows are a second, thin stream (r floats a row) the prefetcher does not follow
-          for (int64_t j = 0; j < r * static_cast<int64_t>(sizeof(LT)); j += 64)
-            _mm_prefetch(reinterpret_cast<const char*>(bi + 16 * r) + j, _MM_HINT_T0);
-        for (int64_t j = 0; j < r; j += 16) {
-          const __mmask16 m = r - j >= 16 ? 0xffff : static_cast<__mmask16>((1u << (r - j)) - 1u);
-          a1 = _mm512_fmadd_ps(load16m(bi + j, m), _mm512_maskz_loadu_ps(m, st + j), a1);
+          for (int64_t l = 0; l < r * static_cast<int64_t>(sizeof(LT)); l += 64)
+            _mm_prefetch(reinterpret_cast<const char*>(bi + 16 * r) + l, _MM_HINT_T0);
+        for (int64_t l = 0; l < r; l += 16) {
+          const __mmask16 m = r - l >= 16 ? 0xffff : static_cast<__mmask16>((1u << (r - l)) - 1u);
+          const __m512 bv = load16m(bi + l, m);
+#pragma GCC unroll 8
+          for (int j = 0; j < MB; ++j)
+            acc[j][1] = _mm512_fmadd_ps(bv, _mm512_maskz_loadu_ps(m, st + j * ldt + l), acc[j][1]);
         }
       }
-      sums[i] = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+#pragma GCC unroll 8
+      for (int j = 0; j < MB; ++j) {
+        __m512 t = _mm512_add_ps(acc[j][0], acc[j][1]);
+        if constexpr (U == 4) t = _mm512_add_ps(t, _mm512_add_ps(acc[j][2], acc[j][3]));
+        sums[j][i] = t;
+      }
     }
-    __m512 y = reduce16(sums);
     const __mmask16 m = static_cast<__mmask16>((1u << rows) - 1u);
-    if (bias) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, bias + i0));
-    _mm512_mask_storeu_ps(out + i0, m, y);
+    for (int j = 0; j < MB; ++j) {
+      __m512 y = reduce16(sums[j]);
+      if (bias) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, bias + i0));
+      _mm512_mask_storeu_ps(out + j * ldo + i0, m, y);
+    }
   }
 }
 
@@ -344,16 +377,18 @@ inline void lora_dot_bf16(const c10::BFloat16* w, int64_t ldw, const c10::BFloat
 }
 #endif
 #else
-template <typename WT, typename LT>
-inline void stream_rows(const WT* w, int64_t ldw, int64_t n, const float* x, int64_t K, const LT* b, int64_t r,
-                        const float* st, const float* bias, float* out, bool /*prefetch*/) {
-  for (int64_t i = 0; i < n; ++i) {
-    float s = bias ? bias[i] : 0.f;
-    for (int64_t k = 0; k < K; ++k) s += to_f(w[i * ldw + k]) * x[k];
-    if (b)
-      for (int64_t j = 0; j < r; ++j) s += to_f(b[i * r + j]) * st[j];
-    out[i] = s;
-  }
+template <int MB, typename WT, typename LT>
+inline void stream_rows(const WT* w, int64_t ldw, int64_t n, const float* x, int64_t ldx, int64_t K, const LT* b,
+                        int64_t r, const float* st, int64_t ldt, const float* bias, float* out, int64_t ldo,
+                        bool /*prefetch*/) {
+  for (int j = 0; j < MB; ++j)
+    for (int64_t i = 0; i < n; ++i) {
+      float s = bias ? bias[i] : 0.f;
+      for (int64_t k = 0; k < K; ++k) s += to_f(w[i * ldw + k]) * x[j * ldx + k];
+      if (b)
+        for (int64_t l = 0; l < r; ++l) s += to_f(b[i * r + l]) * st[j * ldt + l];
+      out[j * ldo + i] = s;
+    }
 }
 template <int NB, int MB, typename WT, typename LT>
 inline void lora_dot(const WT* w, int64_t ldw, const float* x, int64_t ldx, int64_t K, const WT* /*pf*/,
