@@ -337,8 +337,11 @@ def export_gguf(model_dir, adapter, out: Path, convert: str, outtypes=("f32", "b
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(out / "merged_hf")
     files = {t: out / f"merged-{t}.gguf" for t in outtypes}
     for t, gguf in files.items():
-        subprocess.run([sys.executable, convert, str(out / "merged_hf"), "--outtype", t, "--outfile", str(gguf)],
-                       check=True, capture_output=True)
+        done = subprocess.run([sys.executable, convert, str(out / "merged_hf"), "--outtype", t, "--outfile",
+                               str(gguf)], capture_output=True, text=True)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise RuntimeError(f"{convert} --outtype {t} failed: {last}")
     return files
 
 
@@ -356,10 +359,15 @@ def _llama_cpp_runners(args, model_dir, adapter, tmp) -> dict:
               "merged model to an F32 GGUF: the llama-cpp-python sdist has it under vendor/llama.cpp/)")
         return {}
     print("exporting the merged model to GGUF for 3. llama.cpp ...", flush=True)
+    try:
+        ggufs = export_gguf(model_dir, adapter, tmp, args.llama_convert)
+    except RuntimeError as e:  # e.g. the converter's own imports (sentencepiece, gguf) missing here
+        print(f"llama.cpp: skipped ({e})")
+        return {}
     return {f"llama.cpp {kind.upper()}": LlamaCpp(llama_cpp.Llama(str(gguf), n_ctx=4096, n_batch=512,
                                                                  n_threads=args.threads,
                                                                  n_threads_batch=args.threads, verbose=False))
-            for kind, gguf in export_gguf(model_dir, adapter, tmp, args.llama_convert).items()}
+            for kind, gguf in ggufs.items()}
 
 
 def main(argv=None) -> dict:

@@ -259,14 +259,17 @@ inline void lora_dot(const WT* w, int64_t ldw, const float* x, int64_t ldx, int6
 // step of 4 sessions: 5 loads per 4 FMAs, so the core runs behind the memory stream unless it is asked far ahead):
 // no look-ahead 47-49 ms, 2 KiB 36-38, 8 KiB 20-36, 16 KiB 18-23, 32 KiB 20-24, against 21-24 for one row at
 // 2 KiB; 4x4 register blocks (lora_dot) with the same look-ahead 27-45.
-constexpr int64_t kStreamAhead[2] = {2048, 16384};  // one x row, several
+// 16-bit weights: twice the FMAs per byte, so the same holds for one x row over bf16 W (merged engine, whole decode
+// token at ~2,700 context: 2 KiB 31-32 ms, 1 KiB 29.6, 8 KiB 26.3, 16 KiB 28.1; fp32 W in the same run: 1-2 KiB
+// 35.4-36.3, 8-16 KiB 39.3-39.6).
+constexpr int64_t kStreamAhead = 2048, kStreamAheadHalf = 8192, kStreamAheadRows = 16384;
 template <int MB, typename WT, typename LT>
 inline void stream_rows(const WT* w, int64_t ldw, int64_t n, const float* x, int64_t ldx, int64_t K, const LT* b,
                         int64_t r, const float* st, int64_t ldt, const float* bias, float* out, int64_t ldo,
                         bool prefetch) {
   constexpr int U = MB == 1 ? 4 : 2;  // vectors per K step (accumulators per x row)
   constexpr int64_t kStep = 16 * U, kStepBytes = kStep * static_cast<int64_t>(sizeof(WT));
-  const int64_t ahead = kStreamAhead[MB > 1];
+  const int64_t ahead = MB > 1 ? kStreamAheadRows : sizeof(WT) == 4 ? kStreamAhead : kStreamAheadHalf;
   for (int64_t i0 = 0; i0 < n; i0 += 16) {
     const int64_t rows = std::min<int64_t>(16, n - i0);
     __m512 sums[MB][16];
