@@ -289,13 +289,14 @@ std::vector<float> extend_x(const float* x, int64_t M, int64_t K, const float* t
 // Whether the W pass reads W row after row (vec.h stream_rows) rather than in 8-row blocks: one x row (the single
 // memory stream; set_lora_single_row_stream switches it off to compare) and 2-4 rows under one adapter. Cold, 1
 // thread, the 120 layer matrices in decode order: 4 rows streamed cost about what one does (vec.h), in the 4x4 blocks
-// 1.3-2x. By shape only, never by cache state, so a call's result does not depend on what ran before it. bf16 x keeps
-// the blocks (vdpbf16ps).
-constexpr int64_t kStreamMaxRows = 4;
+// 1.3-2x. Only while the x rows stay in L1 beside the stream (32 KiB here): 4 rows of K=2560 (40 KiB) streamed cost
+// 2.0-2.2x one row, the blocks (whose k_chunk keeps x's slice in L1) 1.5-1.7x. By shape only, never by cache state,
+// so a call's result does not depend on what ran before it. bf16 x keeps the blocks (vdpbf16ps).
+constexpr int64_t kStreamMaxRows = 4, kStreamMaxXBytes = 28 << 10;
 bool streams(const Gemv& g) {
   if (g.xb) return false;
   if (g.M == 1) return stream_single_row();
-  return g.M <= kStreamMaxRows && !g.ids;
+  return g.M <= kStreamMaxRows && !g.ids && g.M * (g.K + g.r) * int64_t(sizeof(float)) <= kStreamMaxXBytes;
 }
 
 bool floating_ok(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }

@@ -147,6 +147,22 @@ def test_single_row_stream_multi_adapter(ids, single_row_stream):
         assert_close(ops.lora_linear(x, w, a, b, scales, bias, adapter_ids=ids), ref, torch.float32)
 
 
+# K=111 and 576: 2-4 x rows stream W row after row; K=4099: x no longer fits L1 beside the stream, the 8-row blocks
+@pytest.mark.parametrize("M", [2, 3, 4])
+@pytest.mark.parametrize("K", [111, 576, 4099])
+@pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16])
+def test_few_rows_stream_and_blocks(M, K, wdtype):
+    """2-4 rows (a decode step of a few sessions) match the reference with the expand and the bias, on a contiguous
+    and on a row-strided W, and do not depend on whether W was just read (the kernel is chosen by shape only)."""
+    x, w, a, b, bias = make(M, K, 37, 17, torch.float32, wdtype=wdtype)
+    wide = torch.cat([w, torch.zeros(37, 5, dtype=wdtype)], dim=1)[:, :K]
+    ref = lora_linear_ref(x, w, a, b, 0.5, bias)
+    first = ops.lora_linear(x, w, a, b, 0.5, bias)
+    assert_close(first, ref, torch.float32)
+    assert torch.equal(ops.lora_linear(x, w, a, b, 0.5, bias), first)  # W now cached: same kernel, same sums
+    assert_close(ops.lora_linear(x, wide, a, b, 0.5, bias), ref, torch.float32)
+
+
 @pytest.mark.parametrize("M", [1, 2, 5, 16, 17, 60])
 @pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16])
 def test_b_continuing_w_rows(M, wdtype):
