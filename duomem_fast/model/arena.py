@@ -29,29 +29,37 @@ _ALIGN = 64
 def pack_weights(weights: Weights) -> int:
     """Move every tensor of `weights` into one arena, in decode read order; views that share an allocation (the
     unmerged LoRA's A | [W | B] buffer, a tied embedding) keep sharing it with the same offsets and strides.
-    Returns the arena's size in bytes."""
-    refs = list(_decode_order(weights))
-    groups: dict[int, list[Tensor]] = {}
-    for _, _, t in refs:
-        groups.setdefault(t.untyped_storage().data_ptr(), []).append(t)
-    spans, total = {}, 0
-    for key, members in groups.items():
-        lo = min(t.storage_offset() * t.element_size() for t in members)
-        hi = max(_end_byte(t) for t in members)
+    Allocation by allocation, each original freed once moved (the arena's pages are touched only as they are
+    filled). Freed originals may stay with the allocator (the default model: 0.92 -> 1.35 GB peak RSS), so weights
+    over half the available memory stay where they are, as they do off Linux. Returns the arena's size in bytes (0:
+    not packed)."""
+    groups: dict[int, list[tuple[object, str, Tensor]]] = {}
+    for ref in _decode_order(weights):
+        groups.setdefault(ref[2].untyped_storage().data_ptr(), []).append(ref)
+    spans, total = {}, 0  # per allocation: its bytes in use [lo, hi) and their offset in the arena
+    for key, refs in groups.items():
+        lo = min(t.storage_offset() * t.element_size() for _, _, t in refs)
+        hi = max(_end_byte(t) for _, _, t in refs)
         spans[key] = (lo, hi, total)
         total += (hi - lo + _ALIGN - 1) // _ALIGN * _ALIGN
+    if _LIBC is None or total > _available_bytes() // 2:
+        return 0  # no 2 MiB pages to gain, or too little memory for the freed originals the allocator may keep
     arena = _huge_page_buffer(total)
-    for key, (lo, hi, off) in spans.items():
-        src = torch.empty(0, dtype=torch.uint8).set_(groups[key][0].untyped_storage())
+    while groups:
+        key = next(iter(groups))
+        refs = groups.pop(key)
+        lo, hi, off = spans[key]
+        src = torch.empty(0, dtype=torch.uint8).set_(refs[0][2].untyped_storage())
         arena[off:off + hi - lo].copy_(src[lo:hi])
-    moved: dict[int, Tensor] = {}
-    for obj, name, t in refs:
-        if id(t) not in moved:
-            lo, _, off = spans[t.untyped_storage().data_ptr()]
-            base = off + t.storage_offset() * t.element_size() - lo
-            flat = arena[base:base + _end_byte(t) - t.storage_offset() * t.element_size()].view(t.dtype)
-            moved[id(t)] = flat.as_strided(t.shape, t.stride())
-        setattr(obj, name, moved[id(t)])
+        del src
+        moved: dict[int, Tensor] = {}
+        for obj, name, t in refs:
+            if id(t) not in moved:
+                start = off + t.storage_offset() * t.element_size() - lo
+                flat = arena[start:start + _end_byte(t) - t.storage_offset() * t.element_size()].view(t.dtype)
+                moved[id(t)] = flat.as_strided(t.shape, t.stride())
+            setattr(obj, name, moved[id(t)])
+        del refs, moved, obj, t  # the last references to this allocation's original: freed before the next copy
     return total
 
 
@@ -98,6 +106,18 @@ def _advise_huge(ptr: int, nbytes: int) -> None:
     if _LIBC is None or hi <= lo:
         return
     _LIBC.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_HUGEPAGE)
+
+
+def _available_bytes() -> int:
+    """MemAvailable from /proc/meminfo (0 where it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _libc():
