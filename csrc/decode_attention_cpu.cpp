@@ -146,11 +146,11 @@ void attend_block(HeadState& st, const float* k, const float* v, int64_t ld, int
 
 }  // namespace
 
-void decode_attention_rows(const float* q, int64_t Hq, int64_t Hkv, int64_t D, const KVSegment* segs, int nseg,
-                           float scale, float* out) {
-  const int64_t G = Hq / Hkv;
-  std::vector<HeadState> heads(Hkv);
-  for (int64_t h = 0; h < Hkv; ++h) heads[h].init(q + h * G * D, G, D);
+namespace {
+
+// Every key of segs[0..nseg) into the flash states of heads (one per KV head), key blocks outside, heads inside.
+void attend_segments(std::vector<HeadState>& heads, int64_t D, const KVSegment* segs, int nseg, float scale) {
+  const int64_t Hkv = static_cast<int64_t>(heads.size());
   alignas(64) float s[16 * kBlock];  // scores (R4 <= 16 rows, kBlock keys)
   std::vector<float> big;
   float* sp = s;
@@ -169,12 +169,58 @@ void decode_attention_rows(const float* q, int64_t Hq, int64_t Hkv, int64_t D, c
         attend_block(heads[h], sg.k + n0 * sg.ld + h * D, sg.v + n0 * sg.ld + h * D, sg.ld, nb, nb, ahead, scale, sp);
     }
   }
-  for (int64_t h = 0; h < Hkv; ++h) {
+}
+
+// out (Hq, D), row h * G + g, from rows [g0, g0 + G) of each head's state.
+void finish(const std::vector<HeadState>& heads, int64_t g0, int64_t G, float* out) {
+  for (size_t h = 0; h < heads.size(); ++h) {
     const HeadState& st = heads[h];
     for (int64_t g = 0; g < G; ++g) {
-      const float inv = st.l[g] > 0.f ? 1.f / st.l[g] : 0.f;
-      for (int64_t d = 0; d < D; ++d) out[(h * G + g) * D + d] = st.o[g * D + d] * inv;
+      const float inv = st.l[g0 + g] > 0.f ? 1.f / st.l[g0 + g] : 0.f;
+      for (int64_t d = 0; d < st.D; ++d) out[(h * G + g) * st.D + d] = st.o[(g0 + g) * st.D + d] * inv;
     }
+  }
+}
+
+// Rows [g0, g0 + G) of `from` as a G-row state of their own (q, running max, sum and output carried over).
+HeadState split_rows(const HeadState& from, int64_t g0, int64_t G) {
+  HeadState st;
+  st.init(from.q.data() + g0 * from.D, G, from.D);
+  std::copy_n(from.o.begin() + g0 * from.D, G * from.D, st.o.begin());
+  std::copy_n(from.m.begin() + g0, G, st.m.begin());
+  std::copy_n(from.l.begin() + g0, G, st.l.begin());
+  return st;
+}
+
+}  // namespace
+
+void decode_attention_rows(const float* q, int64_t Hq, int64_t Hkv, int64_t D, const KVSegment* segs, int nseg,
+                           float scale, float* out) {
+  const int64_t G = Hq / Hkv;
+  std::vector<HeadState> heads(Hkv);
+  for (int64_t h = 0; h < Hkv; ++h) heads[h].init(q + h * G * D, G, D);
+  attend_segments(heads, D, segs, nseg, scale);
+  finish(heads, 0, G, out);
+}
+
+// B sessions on one prefix: the prefix is attended once for all B x G query rows of each KV head (its KV read once
+// per token, not B times), then each session's own rows carry their flash state on over its own segment. Per row
+// the keys meet the state in the same order as decode_attention_rows with segments [prefix, own].
+void decode_attention_shared(const float* q, int64_t B, int64_t Hq, int64_t Hkv, int64_t D, const KVSegment& prefix,
+                             const KVSegment* own, float scale, float* out) {
+  const int64_t G = Hq / Hkv;
+  std::vector<HeadState> all(Hkv);
+  std::vector<float> qh(B * G * D);
+  for (int64_t h = 0; h < Hkv; ++h) {
+    for (int64_t b = 0; b < B; ++b) std::copy_n(q + (b * Hq + h * G) * D, G * D, qh.begin() + b * G * D);
+    all[h].init(qh.data(), B * G, D);
+  }
+  attend_segments(all, D, &prefix, 1, scale);
+  for (int64_t b = 0; b < B; ++b) {
+    std::vector<HeadState> heads;
+    for (int64_t h = 0; h < Hkv; ++h) heads.push_back(split_rows(all[h], b * G, G));
+    attend_segments(heads, D, own + b, 1, scale);
+    finish(heads, 0, G, out + b * Hq * D);
   }
 }
 

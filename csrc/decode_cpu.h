@@ -21,6 +21,11 @@ struct KVSegment {
 void decode_attention_rows(const float* q, int64_t Hq, int64_t Hkv, int64_t D, const KVSegment* segs, int nseg,
                            float scale, float* out);
 
+// B sequences' decode rows q (B, Hq, D) -> out (B, Hq, D) over one shared prefix (read once for all B) and each
+// sequence's own segment own[b]; equal to decode_attention_rows with segments [prefix, own[b]] per sequence.
+void decode_attention_shared(const float* q, int64_t B, int64_t Hq, int64_t Hkv, int64_t D, const KVSegment& prefix,
+                             const KVSegment* own, float scale, float* out);
+
 // Ops (registered in ops.cpp).
 at::Tensor decode_attention_cpu(const at::Tensor& q, const c10::optional<at::Tensor>& k_prefix,
                                 const c10::optional<at::Tensor>& v_prefix, const at::Tensor& k_own,

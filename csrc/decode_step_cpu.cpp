@@ -72,6 +72,8 @@ at::Tensor attention(const Geometry& g, const Layer& L, at::Tensor& qkv, const f
                      int64_t ld_b, at::IntArrayRef start) {
   const int64_t D = g.D, width = (g.Hq + 2 * g.Hkv) * D;
   at::Tensor a = at::empty({g.B, g.Hq * D}, qkv.options());
+  const float scale = 1.f / std::sqrt(static_cast<float>(D));
+  std::vector<KVSegment> own(g.B);
   for (int64_t b = 0; b < g.B; ++b) {
     float* row = qkv.data_ptr<float>() + b * width;
     float* k = row + g.Hq * D;
@@ -83,11 +85,21 @@ at::Tensor attention(const Geometry& g, const Layer& L, at::Tensor& qkv, const f
     float* kdst = ok + b * ld_b + start[b] * g.Hkv * D;
     std::copy_n(k, g.Hkv * D, kdst);
     std::copy_n(k + g.Hkv * D, g.Hkv * D, ov + b * ld_b + start[b] * g.Hkv * D);
+    own[b] = {ok + b * ld_b, ov + b * ld_b, g.Hkv * D, start[b] + 1};
+  }
+  // the rows' q, now normed and rotated in qkv: row b's heads at qkv + b * width
+  if (P > 0 && g.B > 1) {  // several sessions on one prefix: its KV read once for all of them
+    at::Tensor q = qkv.narrow(1, 0, g.Hq * D).contiguous();
+    decode_attention_shared(q.data_ptr<float>(), g.B, g.Hq, g.Hkv, D, {kp, vp, ldp, P}, own.data(), scale,
+                            a.data_ptr<float>());
+    return a;
+  }
+  for (int64_t b = 0; b < g.B; ++b) {
     KVSegment segs[2];
     int n = 0;
     if (P > 0) segs[n++] = {kp, vp, ldp, P};
-    segs[n++] = {ok + b * ld_b, ov + b * ld_b, g.Hkv * D, start[b] + 1};
-    decode_attention_rows(row, g.Hq, g.Hkv, D, segs, n, 1.f / std::sqrt(static_cast<float>(D)),
+    segs[n++] = own[b];
+    decode_attention_rows(qkv.data_ptr<float>() + b * width, g.Hq, g.Hkv, D, segs, n, scale,
                           a.data_ptr<float>() + b * g.Hq * D);
   }
   return a;

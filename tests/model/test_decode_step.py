@@ -107,3 +107,27 @@ def test_fused_decode_equals_eager_on_two_threads(tmp_path):
         torch.set_num_threads(before)
     assert fused[0] == eager[0] and fused[2] == eager[2]
     torch.testing.assert_close(fused[1], eager[1], **TOL)
+
+
+@native
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_batched_rows_on_a_prefix_equal_one_by_one(tmp_path, arch):
+    """B rows over one prefix attend it once for all of them (decode_attention_shared), then each its own KV: the
+    same outputs and KV writes as decode steps of one row each."""
+    from duomem_fast.model.decoder import decode_plan
+
+    engine = Engine.from_pretrained(make_tiny_model(tmp_path / arch, arch, seed=5))
+    cfg, d, L, B = engine.config, engine.config.head_dim, engine.config.num_layers, 3
+    weights, extras = decode_plan(engine.decoder.w)
+    kp, vp = torch.randn(L, 70, cfg.num_kv_heads, d), torch.randn(L, 70, cfg.num_kv_heads, d)
+    own_k, own_v = torch.randn(L, B, 9, cfg.num_kv_heads, d), torch.randn(L, B, 9, cfg.num_kv_heads, d)
+    x, cos, sin, start = torch.randn(B, cfg.hidden_size), torch.rand(B, d), torch.rand(B, d), [0, 4, 7]
+    ok, ov = own_k.clone(), own_v.clone()
+    batched = ops.decode_step(x, weights, extras, cos, sin, kp, vp, ok, ov, start, 1e-6)
+    for b in range(B):
+        kb, vb = own_k[:, b:b + 1].clone(), own_v[:, b:b + 1].clone()
+        one = ops.decode_step(x[b:b + 1], weights, extras, cos[b:b + 1], sin[b:b + 1], kp, vp, kb, vb, [start[b]],
+                              1e-6)
+        torch.testing.assert_close(batched[b:b + 1], one, **TOL)
+        torch.testing.assert_close(ok[:, b:b + 1], kb, **TOL)
+        torch.testing.assert_close(ov[:, b:b + 1], vb, **TOL)
