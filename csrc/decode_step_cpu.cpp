@@ -49,7 +49,7 @@ void silu_mul(const float* gate, const float* up, int64_t n, float* out) {
 #ifdef __AVX512F__
   for (; i + 16 <= n; i += 16) {
     const __m512 g = _mm512_loadu_ps(gate + i);
-    const __m512 e = vec::exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));  // e^-g (inf for g < -88: silu -> -0)
+    const __m512 e = vec::exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));  // e^-g (inf for g < -88: silu -> -0; 0 for g > 80)
     const __m512 s = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.f), e));
     _mm512_storeu_ps(out + i, _mm512_mul_ps(s, _mm512_loadu_ps(up + i)));
   }
