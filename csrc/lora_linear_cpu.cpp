@@ -124,15 +124,18 @@ void rows(const Gemv& g, const WT* w, int64_t ldw, int64_t n_rows, const LT* B, 
     const int64_t ad = g.ids ? g.ids[0] : 0;  // several rows stream only under one adapter (streams())
     const LT* b = B && ad >= 0 ? B + (ad * g.N + r0) * g.r : nullptr;
     const float* bias = g.bias ? g.bias + r0 : nullptr;
-    auto run = [&](auto mb) {
-      stream_rows<decltype(mb)::value>(w + r0 * ldw, ldw, r1 - r0, g.x, g.K, g.K, b, g.r, g.st, g.r, bias, g.out + r0,
-                                       g.ldo, g.prefetch);
+    auto run = [&](auto mb, auto side) {
+      stream_rows<decltype(mb)::value, decltype(side)::value>(w + r0 * ldw, ldw, r1 - r0, g.x, g.K, g.K, b, g.r, g.st,
+                                                              g.r, bias, g.out + r0, g.ldo, g.prefetch);
     };
+    using Three = std::integral_constant<int, 3>;
     switch (g.M) {
-      case 1: return run(std::integral_constant<int, 1>{});
-      case 2: return run(std::integral_constant<int, 2>{});
-      case 3: return run(std::integral_constant<int, 3>{});
-      default: return run(std::integral_constant<int, 4>{});
+      case 1:
+        if (stream_row_group() == 4) return run(std::integral_constant<int, 1>{}, std::integral_constant<int, 4>{});
+        return run(std::integral_constant<int, 1>{}, std::integral_constant<int, 1>{});
+      case 2: return run(std::integral_constant<int, 2>{}, Three{});
+      case 3: return run(std::integral_constant<int, 3>{}, Three{});
+      default: return run(std::integral_constant<int, 4>{}, Three{});
     }
   }
   const int64_t kc = k_chunk(g.M, g.K);

@@ -150,6 +150,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   }, "lora_linear's next-block prefetch: 'auto' (by reuse distance, csrc/weight_reuse.h), 'always' or 'never'");
   m.def("set_lora_single_row_stream", [](bool on) { duomem::single_row_stream_flag().store(on); },
         "lora_linear with one x row: stream W row after row (True, default) or use the 8-row blocks (False)");
+  m.def("set_stream_row_group", [](int64_t n) {
+    TORCH_CHECK(n == 1 || n == 4, "stream row group must be 1 or 4, got ", n);
+    duomem::stream_row_group_flag().store(static_cast<int>(n));
+  }, "lora_linear with one x row: W rows streamed side by side, 1 or 4 (default: 4 on Intel CPUs, else 1)");
+  m.def("stream_row_group", [] { return duomem::stream_row_group(); }, "the current one-row stream group (1 or 4)");
   m.def("lora_prefetch_counts", [] { return duomem::weight_reuse().counts(); },
         "(calls decided in 'auto' mode, of which prefetched) since import");
   m.def("lora_prefetch_budget", [] { return duomem::weight_reuse().budget(); },

@@ -41,6 +41,13 @@ inline __m512 load16m(const c10::Half* p, __mmask16 m) {
   return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
 }
 
+// a + b in exactly this order: -ffast-math lets GCC reassociate plain vector adds, differently in each inlined
+// copy, so the same sum written once came out with different bits in stream_rows' R = 1 and R = 4 copies. An add
+// with explicit rounding is a builtin the optimiser leaves alone (same instruction, same speed).
+inline __m512 add_fixed(__m512 a, __m512 b) {
+  return _mm512_add_round_ps(a, b, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
 // Horizontal sums of several vectors at once. Pair step: unpack lo/hi and add, so each 128-bit lane holds partial
 // sums of two (then four) sources; lane step: shuffle 128-bit lanes and add.
 inline __m512 pair_ps(__m512 a, __m512 b) {  // per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3]
@@ -336,19 +343,22 @@ DUOMEM_INLINE void stream_dots(const WT* w, int64_t ldw, const float* x, int64_t
     }
 #pragma GCC unroll 8
     for (int j = 0; j < MB; ++j) {
-      __m512 t = _mm512_add_ps(acc[i][j][0], acc[i][j][1]);
-      if constexpr (U == 4) t = _mm512_add_ps(t, _mm512_add_ps(acc[i][j][2], acc[i][j][3]));
+      __m512 t = add_fixed(acc[i][j][0], acc[i][j][1]);
+      if constexpr (U == 4) t = add_fixed(t, add_fixed(acc[i][j][2], acc[i][j][3]));
       sums[j][i0 + i] = t;
     }
   }
 }
 
-template <int MB, typename WT, typename LT>
+// R: W rows side by side (stream_dots; any R gives the same bits). Several x rows: 3, each x load feeding 3 FMAs.
+// One x row: 1 on AMD cores, 4 on Intel ones (lora_linear_cpu.cpp stream_row_group): one row's stream alone left
+// the Intel host's memory under-used (the default model's 120 decode matrices, standalone, interleaved: 8.3-10.3
+// GB/s row by row, 7.9-11.3 for 4 side by side), while on the AMD hosts 8 side by side streamed ~25% slower.
+template <int MB, int R, typename WT, typename LT>
 inline void stream_rows(const WT* w, int64_t ldw, int64_t n, const float* x, int64_t ldx, int64_t K, const LT* b,
                         int64_t r, const float* st, int64_t ldt, const float* bias, float* out, int64_t ldo,
                         bool prefetch) {
   const int64_t ahead = MB > 1 ? kStreamAheadRows : sizeof(WT) == 4 ? kStreamAhead : kStreamAheadHalf;
-  constexpr int R = MB > 1 ? 3 : 1;  // W rows side by side: with several x rows each x load feeds 3 W rows
   for (int64_t i0 = 0; i0 < n; i0 += 16) {
     const int64_t rows = std::min<int64_t>(16, n - i0);
     __m512 sums[MB][16];
@@ -411,7 +421,7 @@ inline void lora_dot_bf16(const c10::BFloat16* w, int64_t ldw, const c10::BFloat
 }
 #endif
 #else
-template <int MB, typename WT, typename LT>
+template <int MB, int R, typename WT, typename LT>
 inline void stream_rows(const WT* w, int64_t ldw, int64_t n, const float* x, int64_t ldx, int64_t K, const LT* b,
                         int64_t r, const float* st, int64_t ldt, const float* bias, float* out, int64_t ldo,
                         bool /*prefetch*/) {

@@ -51,6 +51,18 @@ inline std::atomic<bool>& single_row_stream_flag() {
 }
 inline bool stream_single_row() { return single_row_stream_flag().load(std::memory_order_relaxed); }
 
+// W rows a one-row stream reads side by side (vec.h stream_rows; the sums are the same bits for any choice): 4 on
+// Intel cores, 1 elsewhere; set_stream_row_group overrides it to compare.
+inline std::atomic<int>& stream_row_group_flag() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static std::atomic<int> group{__builtin_cpu_is("intel") ? 4 : 1};
+#else
+  static std::atomic<int> group{1};
+#endif
+  return group;
+}
+inline int stream_row_group() { return stream_row_group_flag().load(std::memory_order_relaxed); }
+
 class WeightReuse {
  public:
   explicit WeightReuse(int64_t llc) : budget_(llc / 2) {}

@@ -175,3 +175,25 @@ def test_b_continuing_w_rows(M, wdtype):
     for ext, wv, bv in ((joined, joined[:, :111], joined[:, 111:]), (gap, gap[:, :111], gap[:, 112:])):
         tol = torch.float32 if wdtype == torch.float32 else torch.bfloat16  # bf16 B rounds the expand
         assert_close(ops.lora_linear(x, wv, a, bv.to(torch.float32) if ext is gap else bv, 0.5, bias), ref, tol)
+
+
+@pytest.mark.parametrize("K", [111, 576, 1536])
+@pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16])
+def test_one_row_stream_group_same_bits(K, wdtype):
+    """One x row streams 1 or 4 W rows side by side (4 on Intel CPUs, 1 elsewhere): the choice moves memory traffic
+    only, so both give the same bits (the sums' adds are fixed in order: -ffast-math reassociated them per copy)."""
+    from duomem_fast.ops import _C
+
+    x, w, a, b, bias = make(1, K, 37, 17, torch.float32, wdtype=wdtype)
+    default = _C.stream_row_group()
+    try:
+        out = {}
+        for group in (1, 4):
+            _C.set_stream_row_group(group)
+            out[group] = ops.lora_linear(x, w, a, b, 0.5, bias)
+    finally:
+        _C.set_stream_row_group(default)
+    assert torch.equal(out[1], out[4])
+    assert_close(out[1], lora_linear_ref(x, w, a, b, 0.5, bias), torch.float32)
+    with pytest.raises(RuntimeError, match="must be 1 or 4"):
+        _C.set_stream_row_group(2)
