@@ -270,7 +270,7 @@ inline void lora_dot(const WT* w, int64_t ldw, const float* x, int64_t ldx, int6
 // token at ~2,700 context: 2 KiB 31-32 ms, 1 KiB 29.6, 8 KiB 26.3, 16 KiB 28.1; fp32 W in the same run: 1-2 KiB
 // 35.4-36.3, 8-16 KiB 39.3-39.6).
 constexpr int64_t kStreamAhead = 2048, kStreamAheadHalf = 8192, kStreamAheadRows = 16384;
-// R adjacent W rows (R = 1-3) against MB x rows: sums[j][i0 + i] = the 16 partial lanes of w_{i0+i} · x_j (+ b · st_j).
+// R adjacent W rows (R = 1-4) against MB x rows: sums[j][i0 + i] = the 16 partial lanes of w_{i0+i} · x_j (+ b · st_j).
 // Each (W row, x row) pair keeps its own accumulators and K order whatever R is, so the result is bitwise the same
 // for every R: R only decides how many W vectors share each x load (MB = 4: 10 loads per 8 FMAs at R = 1, 14 per 24
 // at R = 3). Standalone, 1 thread, 2.0 GHz host, 576x576 + r=16, 4 x rows hot in L2, p10 us over one row's time:
