@@ -126,7 +126,7 @@ void rows(const Gemv& g, const WT* w, int64_t ldw, int64_t n_rows, const LT* B, 
     const float* bias = g.bias ? g.bias + r0 : nullptr;
     auto run = [&](auto mb, auto side) {
       stream_rows<decltype(mb)::value, decltype(side)::value>(w + r0 * ldw, ldw, r1 - r0, g.x, g.K, g.K, b, g.r, g.st,
-                                                              g.r, bias, g.out + r0, g.ldo, g.prefetch);
+                                                              g.r, bias, g.out + r0, g.ldo, g.prefetch, stream_ahead());
     };
     using Three = std::integral_constant<int, 3>;
     switch (g.M) {

@@ -155,6 +155,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     duomem::stream_row_group_flag().store(static_cast<int>(n));
   }, "lora_linear with one x row: W rows streamed side by side, 1 or 4 (default: 4 on Intel CPUs, else 1)");
   m.def("stream_row_group", [] { return duomem::stream_row_group(); }, "the current one-row stream group (1 or 4)");
+  m.def("set_stream_ahead", [](int64_t bytes) {
+    TORCH_CHECK(bytes >= 0 && bytes <= (1 << 20), "stream look-ahead must be 0 (default) to 1 MiB, got ", bytes);
+    duomem::stream_ahead_flag().store(bytes);
+  }, "lora_linear's row streams: software look-ahead in bytes (0 = the tuned default), to compare");
   m.def("lora_prefetch_counts", [] { return duomem::weight_reuse().counts(); },
         "(calls decided in 'auto' mode, of which prefetched) since import");
   m.def("lora_prefetch_budget", [] { return duomem::weight_reuse().budget(); },

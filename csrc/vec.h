@@ -292,9 +292,13 @@ DUOMEM_INLINE void stream_dots(const WT* w, int64_t ldw, const float* x, int64_t
   int64_t k = 0;
   for (; k + kStep <= K; k += kStep) {
     if (prefetch) {
+      // Each of the R streams looks ahead along its own row and, past the row's end, into its row of the next group
+      // (row i + R): rows i+1..i+R-1 are this group's, being read now, so asking for them again would be wasted.
+      const int64_t off = k * static_cast<int64_t>(sizeof(WT)) + ahead, row_bytes = ldw * static_cast<int64_t>(sizeof(WT));
+      const int64_t skip = off < row_bytes ? 0 : (R - 1) * row_bytes;
 #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
-        const char* p = reinterpret_cast<const char*>(w + i * ldw + k) + ahead;
+        const char* p = reinterpret_cast<const char*>(w + i * ldw) + off + skip;
 #pragma GCC unroll 4
         for (int64_t l = 0; l < kStepBytes; l += 64) _mm_prefetch(p + l, _MM_HINT_T1);
       }
@@ -357,8 +361,8 @@ DUOMEM_INLINE void stream_dots(const WT* w, int64_t ldw, const float* x, int64_t
 template <int MB, int R, typename WT, typename LT>
 inline void stream_rows(const WT* w, int64_t ldw, int64_t n, const float* x, int64_t ldx, int64_t K, const LT* b,
                         int64_t r, const float* st, int64_t ldt, const float* bias, float* out, int64_t ldo,
-                        bool prefetch) {
-  const int64_t ahead = MB > 1 ? kStreamAheadRows : sizeof(WT) == 4 ? kStreamAhead : kStreamAheadHalf;
+                        bool prefetch, int64_t ahead = 0) {  // ahead: look-ahead bytes, 0 = the tuned default
+  if (ahead <= 0) ahead = MB > 1 ? kStreamAheadRows : sizeof(WT) == 4 ? kStreamAhead : kStreamAheadHalf;
   for (int64_t i0 = 0; i0 < n; i0 += 16) {
     const int64_t rows = std::min<int64_t>(16, n - i0);
     __m512 sums[MB][16];
@@ -424,7 +428,7 @@ inline void lora_dot_bf16(const c10::BFloat16* w, int64_t ldw, const c10::BFloat
 template <int MB, int R, typename WT, typename LT>
 inline void stream_rows(const WT* w, int64_t ldw, int64_t n, const float* x, int64_t ldx, int64_t K, const LT* b,
                         int64_t r, const float* st, int64_t ldt, const float* bias, float* out, int64_t ldo,
-                        bool /*prefetch*/) {
+                        bool /*prefetch*/, int64_t /*ahead*/ = 0) {
   for (int j = 0; j < MB; ++j)
     for (int64_t i = 0; i < n; ++i) {
       float s = bias ? bias[i] : 0.f;

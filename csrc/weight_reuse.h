@@ -63,6 +63,13 @@ inline std::atomic<int>& stream_row_group_flag() {
 }
 inline int stream_row_group() { return stream_row_group_flag().load(std::memory_order_relaxed); }
 
+// The one-row stream's look-ahead in bytes (vec.h stream_rows); 0 = the tuned default. set_stream_ahead, to compare.
+inline std::atomic<int64_t>& stream_ahead_flag() {
+  static std::atomic<int64_t> ahead{0};
+  return ahead;
+}
+inline int64_t stream_ahead() { return stream_ahead_flag().load(std::memory_order_relaxed); }
+
 class WeightReuse {
  public:
   explicit WeightReuse(int64_t llc) : budget_(llc / 2) {}

@@ -197,3 +197,30 @@ def test_one_row_stream_group_same_bits(K, wdtype):
     assert_close(out[1], lora_linear_ref(x, w, a, b, 0.5, bias), torch.float32)
     with pytest.raises(RuntimeError, match="must be 1 or 4"):
         _C.set_stream_row_group(2)
+
+
+@pytest.mark.parametrize("K", [111, 576])
+def test_stream_look_ahead_same_bits(K):
+    """The row streams' software look-ahead (into the next group's rows past a row's end) moves prefetches only:
+    any look-ahead, with 1 or 4 rows side by side, gives the same bits as no prefetch at all."""
+    from duomem_fast.ops import _C
+
+    x, w, a, b, bias = make(1, K, 41, 16, torch.float32)
+    group = _C.stream_row_group()
+    out = []
+    try:
+        _C.set_lora_prefetch("never")
+        out.append(ops.lora_linear(x, w, a, b, 0.5, bias))
+        _C.set_lora_prefetch("always")
+        for g in (1, 4):
+            for ahead in (0, 64, 1024, 8192):
+                _C.set_stream_row_group(g)
+                _C.set_stream_ahead(ahead)
+                out.append(ops.lora_linear(x, w, a, b, 0.5, bias))
+    finally:
+        _C.set_stream_row_group(group)
+        _C.set_stream_ahead(0)
+        _C.set_lora_prefetch("auto")
+    assert all(torch.equal(out[0], o) for o in out[1:])
+    with pytest.raises(RuntimeError, match="look-ahead must be 0"):
+        _C.set_stream_ahead(-1)
