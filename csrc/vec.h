@@ -294,7 +294,8 @@ DUOMEM_INLINE void stream_dots(const WT* w, int64_t ldw, const float* x, int64_t
     if (prefetch) {
       // Each of the R streams looks ahead along its own row and, past the row's end, into its row of the next group
       // (row i + R): rows i+1..i+R-1 are this group's, being read now, so asking for them again would be wasted.
-      const int64_t off = k * static_cast<int64_t>(sizeof(WT)) + ahead, row_bytes = ldw * static_cast<int64_t>(sizeof(WT));
+      constexpr int64_t sz = sizeof(WT);
+      const int64_t off = k * sz + ahead, row_bytes = ldw * sz;
       const int64_t skip = off < row_bytes ? 0 : (R - 1) * row_bytes;
 #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {

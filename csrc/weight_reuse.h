@@ -63,7 +63,8 @@ inline std::atomic<int>& stream_row_group_flag() {
 }
 inline int stream_row_group() { return stream_row_group_flag().load(std::memory_order_relaxed); }
 
-// The one-row stream's look-ahead in bytes (vec.h stream_rows); 0 = the tuned default. set_stream_ahead, to compare.
+// The row streams' look-ahead in bytes (vec.h stream_rows, 1-4 x rows); 0 = the tuned defaults. set_stream_ahead,
+// to compare.
 inline std::atomic<int64_t>& stream_ahead_flag() {
   static std::atomic<int64_t> ahead{0};
   return ahead;
