@@ -148,27 +148,69 @@ void attend_block(HeadState& st, const float* k, const float* v, int64_t ld, int
 
 namespace {
 
-// Every key of segs[0..nseg) into the flash states of heads (one per KV head), key blocks outside, heads inside.
-void attend_segments(std::vector<HeadState>& heads, int64_t D, const KVSegment* segs, int nseg, float scale) {
-  const int64_t Hkv = static_cast<int64_t>(heads.size());
-  alignas(64) float s[16 * kBlock];  // scores (R4 <= 16 rows, kBlock keys)
+// Score scratch of one attend call: R4 rows x kBlock keys, on the stack up to 16 rows.
+struct Scores {
+  alignas(64) float small[16 * kBlock];
   std::vector<float> big;
-  float* sp = s;
-  if (heads[0].R4 > 16) {
-    big.assign(heads[0].R4 * kBlock, 0.f);
-    sp = big.data();
+  float* get(int64_t R4) {
+    if (R4 <= 16) return small;
+    big.resize(R4 * kBlock);
+    return big.data();
   }
+};
+
+// Every key of sg into the flash states of heads (one per KV head), key blocks outside, heads inside: a block of
+// whole rows serves every head while in L1/L2. The next block is prefetched along the way, past sg's end into the
+// `beyond` keys that follow it in memory (the rest of its segment, when one thread attends all of it).
+void attend_run(std::vector<HeadState>& heads, int64_t D, const KVSegment& sg, int64_t beyond, float scale) {
+  const int64_t Hkv = static_cast<int64_t>(heads.size());
+  Scores s;
+  float* sp = s.get(heads[0].R4);
   const int64_t row_bytes = Hkv * D * static_cast<int64_t>(sizeof(float));
-  for (int i = 0; i < nseg; ++i) {
-    const KVSegment& sg = segs[i];
-    for (int64_t n0 = 0; n0 < sg.n; n0 += kBlock) {
-      const int64_t nb = std::min(kBlock, sg.n - n0);
-      const int64_t ahead = std::max<int64_t>(0, std::min(kBlock, sg.n - n0 - nb));
-      if (heads[0].G % 4 == 0 && ahead > 0) prefetch_rows(sg.k + (n0 + nb) * sg.ld, sg.ld, ahead, row_bytes);
-      for (int64_t h = 0; h < Hkv; ++h)
-        attend_block(heads[h], sg.k + n0 * sg.ld + h * D, sg.v + n0 * sg.ld + h * D, sg.ld, nb, nb, ahead, scale, sp);
-    }
+  for (int64_t n0 = 0; n0 < sg.n; n0 += kBlock) {
+    const int64_t nb = std::min(kBlock, sg.n - n0);
+    const int64_t ahead = std::max<int64_t>(0, std::min(kBlock, sg.n + beyond - n0 - nb));
+    if (heads[0].G % 4 == 0 && ahead > 0) prefetch_rows(sg.k + (n0 + nb) * sg.ld, sg.ld, ahead, row_bytes);
+    for (int64_t h = 0; h < Hkv; ++h)
+      attend_block(heads[h], sg.k + n0 * sg.ld + h * D, sg.v + n0 * sg.ld + h * D, sg.ld, nb, nb, ahead, scale, sp);
   }
+}
+
+// into (m, l, o) combined exactly with from's (both over disjoint keys; o unnormalised until finish).
+void merge_state(HeadState& into, const HeadState& from) {
+  for (int64_t g = 0; g < into.G; ++g) {
+    const float m = std::max(into.m[g], from.m[g]);
+    const float a = std::exp(into.m[g] - m), b = std::exp(from.m[g] - m);
+    into.l[g] = into.l[g] * a + from.l[g] * b;
+    into.m[g] = m;
+    for (int64_t d = 0; d < into.D; ++d) into.o[g * into.D + d] = into.o[g * into.D + d] * a + from.o[g * into.D + d] * b;
+  }
+}
+
+// Keys per chunk: a segment is attended in chunks of this many keys, each from a fresh state, merged in order. The
+// chunks are fixed by the keys, not by the threads, so threads share them out (parallel.h) and every thread count
+// gives the same bits. 2,000 prefix keys = 4 chunks: two threads stream whole rows each, 1.7-1.9x one.
+constexpr int64_t kChunkKeys = 512;
+
+// Every key of segs[0..nseg) into the flash states of heads (one per KV head).
+void attend_segments(std::vector<HeadState>& heads, int64_t D, const KVSegment* segs, int nseg, float scale) {
+  std::vector<KVSegment> chunks;
+  std::vector<int64_t> rest;  // keys after each chunk in its segment
+  for (int i = 0; i < nseg; ++i)
+    for (int64_t n0 = 0; n0 < segs[i].n; n0 += kChunkKeys) {
+      const int64_t n = std::min(kChunkKeys, segs[i].n - n0);
+      chunks.push_back({segs[i].k + n0 * segs[i].ld, segs[i].v + n0 * segs[i].ld, segs[i].ld, n});
+      rest.push_back(segs[i].n - n0 - n);
+    }
+  if (chunks.size() == 1) return attend_run(heads, D, chunks[0], 0, scale);
+  const bool alone = at::get_num_threads() == 1;  // then prefetch on across chunk ends: one stream, as one run
+  std::vector<std::vector<HeadState>> part(chunks.size(), std::vector<HeadState>(heads.size()));
+  parallel_chunks(static_cast<int64_t>(chunks.size()), [&](int64_t c) {
+    for (size_t h = 0; h < heads.size(); ++h) part[c][h].init(heads[h].q.data(), heads[h].G, D);
+    attend_run(part[c], D, chunks[c], alone ? rest[c] : 0, scale);
+  });
+  for (const auto& p : part)
+    for (size_t h = 0; h < heads.size(); ++h) merge_state(heads[h], p[h]);
 }
 
 // out (Hq, D), row h * G + g, from rows [g0, g0 + G) of each head's state.

@@ -31,6 +31,34 @@ def test_decode_attention_matches_reference(B, Hq, Hkv, D, P, S, lens):
     torch.testing.assert_close(out, ref, **TOL)
 
 
+def _threads(n, fn):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(before)
+
+
+@native
+@pytest.mark.parametrize("Hq,Hkv,D,P,S", [
+    (9, 3, 64, 2000, 100),   # the default model: 4 prefix chunks and the own one
+    (8, 2, 64, 1100, 5),     # G=4 (the whole-row prefetch), a short last chunk
+    (16, 2, 128, 200, 60),   # G=8, D=128: one prefix chunk, one own
+])
+def test_decode_attention_same_bits_on_two_threads(Hq, Hkv, D, P, S):
+    """Keys are attended in fixed chunks that threads share out, merged in order: two threads give one's bits."""
+    g = torch.Generator().manual_seed(P + D)
+    q = torch.randn(1, Hq, D, generator=g)
+    kp, vp = (torch.randn(P, Hkv, D, generator=g) for _ in range(2))
+    ko, vo = (torch.randn(1, S, Hkv, D, generator=g) for _ in range(2))
+    run = lambda: ops.decode_attention(q, kp, vp, ko, vo, [S])  # noqa: E731
+    one, two = _threads(1, run), _threads(2, run)
+    assert torch.equal(one, two)
+    ref = prefix_attention_ref(q[:, None], kp, vp, ko, vo, torch.tensor([S]))[:, 0]
+    torch.testing.assert_close(two, ref, **TOL)
+
+
 @native
 def test_decode_attention_refuses_bad_lengths():
     q, k = torch.randn(1, 4, 16), torch.randn(1, 5, 2, 16)
@@ -131,3 +159,19 @@ def test_batched_rows_on_a_prefix_equal_one_by_one(tmp_path, arch):
         torch.testing.assert_close(batched[b:b + 1], one, **TOL)
         torch.testing.assert_close(ok[:, b:b + 1], kb, **TOL)
         torch.testing.assert_close(ov[:, b:b + 1], vb, **TOL)
+
+
+@native
+def test_batched_rows_same_bits_on_two_threads(tmp_path):
+    """The shared prefix pass of a batch (decode_attention_shared) shares its chunks out on two threads too."""
+    from duomem_fast.model.decoder import decode_plan
+
+    engine = Engine.from_pretrained(make_tiny_model(tmp_path / "llama", "llama", seed=6))
+    cfg, d, L, B = engine.config, engine.config.head_dim, engine.config.num_layers, 2
+    weights, extras = decode_plan(engine.decoder.w)
+    kp, vp = torch.randn(L, 1100, cfg.num_kv_heads, d), torch.randn(L, 1100, cfg.num_kv_heads, d)
+    own = torch.randn(2, L, B, 9, cfg.num_kv_heads, d)
+    x, cos, sin = torch.randn(B, cfg.hidden_size), torch.rand(B, d), torch.rand(B, d)
+    run = lambda: ops.decode_step(x, weights, extras, cos, sin, kp, vp, own[0].clone(), own[1].clone(),  # noqa: E731
+                                  [3, 8], 1e-6)
+    assert torch.equal(_threads(1, run), _threads(2, run))
