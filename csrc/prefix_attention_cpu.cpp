@@ -5,7 +5,8 @@
 // B=16 T=1 G=3: 48 rows), instead of B GEMVs that each stream the whole prefix. Suffix part: a small causal
 // attention per sequence. The two are merged exactly through their log-sum-exp. One fused flash-style kernel
 // (scores, online softmax, P·V in L1-sized key blocks) rather than ATen ops: each ATen op is a parallel region, and
-// on the loaded 2-core box those barriers cost more than the math (measured 9.9 ms for B=16, P=2048 via bmm/exp).
+// on the loaded 2-core box those barriers cost more than the math (measured 9.9 ms for B=16, P=2048 via bmm/exp);
+// here one region per pass.
 // With 48 or more query rows per KV head the prefix pass runs as register tiles (attention_tiles_cpu.cpp), and so
 // does the suffix pass with 48 or more rows per sequence and KV head (causal limits per row).
 #include <torch/extension.h>
@@ -173,7 +174,7 @@ std::tuple<at::Tensor, at::Tensor> merge_attention_cpu(const at::Tensor& o_a, co
               *plb = lb.data_ptr<float>();
   float *po = o.data_ptr<float>(), *pl = lse.data_ptr<float>();
   const int64_t rows_per_chunk = 256;
-  parallel_chunks((R + rows_per_chunk - 1) / rows_per_chunk, [&](int64_t c) {
+  parallel_items((R + rows_per_chunk - 1) / rows_per_chunk, [&](int64_t c) {
     for (int64_t r = c * rows_per_chunk; r < std::min(R, (c + 1) * rows_per_chunk); ++r) {
       float m = std::max(pla[r], plb[r]);
       if (!std::isfinite(m)) m = 0.f;
@@ -190,7 +191,8 @@ std::tuple<at::Tensor, at::Tensor> merge_attention_cpu(const at::Tensor& o_a, co
 // Returns (o (B, T, Hq, D) in q.dtype, lse (B, T, Hq) fp32).
 // Pass 1, prefix: work items are (KV head, 16 query rows) over all B·T·G rows of that head, so every prefix K/V row
 // is read once per 16 rows from every sequence (B=16, T=1, G=3: 3 items per head). Pass 2, suffix: items are
-// (sequence, KV head), causal, merged into pass 1's rows through the lse. No OpenMP barrier (parallel.h).
+// (sequence, KV head), causal, merged into pass 1's rows through the lse. Items go to ATen's own threads, which the
+// eager layer loop's GEMMs have just used (parallel_items in parallel.h: a pool of our own would share a core with them).
 std::tuple<at::Tensor, at::Tensor> prefix_attention_cpu(
     const at::Tensor& q, const c10::optional<at::Tensor>& k_prefix, const c10::optional<at::Tensor>& v_prefix,
     const c10::optional<at::Tensor>& k_suffix, const c10::optional<at::Tensor>& v_suffix,
@@ -217,7 +219,7 @@ std::tuple<at::Tensor, at::Tensor> prefix_attention_cpu(
     const float *pk = kp.data_ptr<float>(), *pv = vp.data_ptr<float>();
     if (tiled_attention_fits(R, D)) {
       const int64_t chunks = (R + kTiledItemRows - 1) / kTiledItemRows;
-      parallel_chunks(Hkv * chunks, [&](int64_t item) {
+      parallel_items(Hkv * chunks, [&](int64_t item) {
         const int64_t h = item / chunks, r0 = (item % chunks) * kTiledItemRows, n = std::min(kTiledItemRows, R - r0);
         std::vector<const float*> qr(n);
         std::vector<float*> orow(n), lrow(n);
@@ -228,7 +230,7 @@ std::tuple<at::Tensor, at::Tensor> prefix_attention_cpu(
         attend_tiled(qr.data(), n, D, pk + h * D, pv + h * D, Hkv * D, P, sc, orow.data(), lrow.data());
       });
     } else {
-      parallel_chunks(Hkv * blocks, [&](int64_t item) {
+      parallel_items(Hkv * blocks, [&](int64_t item) {
         const int64_t h = item / blocks, r0 = (item % blocks) * kRowsPerItem;
         std::unique_ptr<RowBlock> rb(new RowBlock);  // default-init: load_rows fills what is read
         load_rows(*rb, geo, h, r0, std::min(kRowsPerItem, R - r0));
@@ -255,7 +257,7 @@ std::tuple<at::Tensor, at::Tensor> prefix_attention_cpu(
     const int64_t rows = T * geo.G, blocks = (rows + kRowsPerItem - 1) / kRowsPerItem;
     if (tiled_attention_fits(rows, D)) {  // a long append: its own history and causal part as register tiles too
       const int64_t chunks = (rows + kTiledItemRows - 1) / kTiledItemRows;
-      parallel_chunks(B * Hkv * chunks, [&](int64_t item) {
+      parallel_items(B * Hkv * chunks, [&](int64_t item) {
         const int64_t b = item / (Hkv * chunks), h = (item / chunks) % Hkv, r0 = (item % chunks) * kTiledItemRows;
         const int64_t n = std::min(kTiledItemRows, rows - r0);
         std::vector<const float*> qr(n);
@@ -272,7 +274,7 @@ std::tuple<at::Tensor, at::Tensor> prefix_attention_cpu(
       });
       return {o.to(q.scalar_type()), lse};
     }
-    parallel_chunks(B * Hkv * blocks, [&](int64_t item) {
+    parallel_items(B * Hkv * blocks, [&](int64_t item) {
       const int64_t b = item / (Hkv * blocks), h = (item / blocks) % Hkv, r0 = (item % blocks) * kRowsPerItem;
       std::unique_ptr<RowBlock> rb(new RowBlock);  // default-init: load_rows fills what is read
       load_rows(*rb, geo, h, b * rows + r0, std::min(kRowsPerItem, rows - r0));

@@ -85,6 +85,25 @@ def test_tiled_suffix_pass(dtype, B, T, Hq, Hkv, D, P, S, lens):
     torch.testing.assert_close(lse, lse_ref, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.skipif(ops.backend("cpu") != "native", reason="the native CPU build is absent")
+@pytest.mark.parametrize("B,T,Hq,Hkv,D,P,S", [
+    (1, 60, 9, 3, 64, 300, 70),   # an append: tiled prefix and suffix passes
+    (16, 1, 9, 3, 64, 300, 5),    # parallel episodes decoding: row blocks
+])
+def test_two_threads_same_bits(B, T, Hq, Hkv, D, P, S):
+    """Work items (on ATen's threads) write disjoint rows: two threads give one thread's bits."""
+    q, kp, vp, ks, vs, lens = make(B, T, Hq, Hkv, D, P, S, torch.float32)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            outs.append(ops.prefix_attention(q, kp, vp, ks, vs, lens, return_lse=True))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("part", ["prefix_only", "suffix_only", "empty_prefix"])
 def test_one_part(backend, part, use_backend):
