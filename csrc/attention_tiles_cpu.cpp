@@ -90,6 +90,17 @@ void tile_step(const float* q, int64_t D, const float* kt, const float* v, int64
       for (int c = 0; c < 4; ++c) _mm512_storeu_ps(o + i * D + d0 + 16 * c, acc[i][c]);
   }
 }
+
+// Rows [j0, j1) of the next key block, K and V (D floats each), into L2: each tile asks for its share, so the block
+// arrives while this one's tiles compute (in an append the prefix KV is cold: the weights streamed through the
+// caches since it was last read).
+void prefetch_rows(const float* k, const float* v, int64_t ld, int64_t D, int64_t j0, int64_t j1) {
+  for (int64_t j = j0; j < j1; ++j)
+    for (int64_t d = 0; d < D; d += 16) {
+      _mm_prefetch(reinterpret_cast<const char*>(k + j * ld + d), _MM_HINT_T1);
+      _mm_prefetch(reinterpret_cast<const char*>(v + j * ld + d), _MM_HINT_T1);
+    }
+}
 #endif
 
 }  // namespace
@@ -115,11 +126,14 @@ void attend_tiled(const float* const* q_rows, int64_t n, int64_t D, const float*
     for (int64_t d = 0; d < D; ++d) q[i * D + d] = q_rows[i][d] * scale;
     lim[i] = limits ? std::min(limits[i], L) : L;
   }
-  const int64_t lmax = n ? *std::max_element(lim.begin(), lim.end()) : 0;
+  const int64_t lmax = n ? *std::max_element(lim.begin(), lim.end()) : 0, tiles = npad / kTileRows;
   for (int64_t n0 = 0; n0 < lmax; n0 += kTileKeys) {
     const int64_t nk = std::min(kTileKeys, lmax - n0);
     transpose_block(k + n0 * ld, ld, nk, D, kt.data());
+    const int64_t next = std::min(kTileKeys, lmax - n0 - nk), share = (next + tiles - 1) / tiles;
     for (int64_t r0 = 0; r0 < npad; r0 += kTileRows) {
+      const int64_t j0 = r0 / kTileRows * share;
+      if (j0 < next) prefetch_rows(k + (n0 + nk) * ld, v + (n0 + nk) * ld, ld, D, j0, std::min(next, j0 + share));
       int64_t vis[kTileRows], any = 0;
       for (int64_t i = 0; i < kTileRows; ++i) {
         vis[i] = std::clamp<int64_t>(lim[r0 + i] - n0, 0, nk);
