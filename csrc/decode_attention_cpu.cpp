@@ -189,7 +189,8 @@ void merge_state(HeadState& into, const HeadState& from) {
 
 // Keys per chunk: a segment is attended in chunks of this many keys, each from a fresh state, merged in order. The
 // chunks are fixed by the keys, not by the threads, so threads share them out (parallel.h) and every thread count
-// gives the same bits. 2,000 prefix keys = 4 chunks: two threads stream whole rows each, 1.7-1.9x one.
+// gives the same bits. 2,000 prefix keys = 4 chunks, each thread streaming whole rows: a decode token of the default
+// model on 2 threads over a 2,000-key playbook 47-57 -> 37-41 ms (the attention had run on one thread).
 constexpr int64_t kChunkKeys = 512;
 
 // Every key of segs[0..nseg) into the flash states of heads (one per KV head).
