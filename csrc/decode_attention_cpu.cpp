@@ -194,7 +194,8 @@ void merge_state(HeadState& into, const HeadState& from) {
 constexpr int64_t kChunkKeys = 512;
 
 // Every key of segs[0..nseg) into the flash states of heads (one per KV head).
-void attend_segments(std::vector<HeadState>& heads, int64_t D, const KVSegment* segs, int nseg, float scale) {
+void attend_segments(std::vector<HeadState>& heads, int64_t D, const KVSegment* segs, int nseg, float scale,
+                     Team team) {
   std::vector<KVSegment> chunks;
   std::vector<int64_t> rest;  // keys after each chunk in its segment
   for (int i = 0; i < nseg; ++i)
@@ -206,10 +207,12 @@ void attend_segments(std::vector<HeadState>& heads, int64_t D, const KVSegment* 
   if (chunks.size() == 1) return attend_run(heads, D, chunks[0], 0, scale);
   const bool alone = at::get_num_threads() == 1;  // then prefetch on across chunk ends: one stream, as one run
   std::vector<std::vector<HeadState>> part(chunks.size(), std::vector<HeadState>(heads.size()));
-  parallel_chunks(static_cast<int64_t>(chunks.size()), [&](int64_t c) {
+  const std::function<void(int64_t)> chunk = [&](int64_t c) {
     for (size_t h = 0; h < heads.size(); ++h) part[c][h].init(heads[h].q.data(), heads[h].G, D);
     attend_run(part[c], D, chunks[c], alone ? rest[c] : 0, scale);
-  });
+  };
+  const int64_t n = static_cast<int64_t>(chunks.size());
+  team == Team::pool ? parallel_chunks(n, chunk) : parallel_items(n, chunk);
   for (const auto& p : part)
     for (size_t h = 0; h < heads.size(); ++h) merge_state(heads[h], p[h]);
 }
@@ -238,11 +241,11 @@ HeadState split_rows(const HeadState& from, int64_t g0, int64_t G) {
 }  // namespace
 
 void decode_attention_rows(const float* q, int64_t Hq, int64_t Hkv, int64_t D, const KVSegment* segs, int nseg,
-                           float scale, float* out) {
+                           float scale, float* out, Team team) {
   const int64_t G = Hq / Hkv;
   std::vector<HeadState> heads(Hkv);
   for (int64_t h = 0; h < Hkv; ++h) heads[h].init(q + h * G * D, G, D);
-  attend_segments(heads, D, segs, nseg, scale);
+  attend_segments(heads, D, segs, nseg, scale, team);
   finish(heads, 0, G, out);
 }
 
@@ -250,7 +253,7 @@ void decode_attention_rows(const float* q, int64_t Hq, int64_t Hkv, int64_t D, c
 // per token, not B times), then each session's own rows carry their flash state on over its own segment. Per row
 // the keys meet the state in the same order as decode_attention_rows with segments [prefix, own].
 void decode_attention_shared(const float* q, int64_t B, int64_t Hq, int64_t Hkv, int64_t D, const KVSegment& prefix,
-                             const KVSegment* own, float scale, float* out) {
+                             const KVSegment* own, float scale, float* out, Team team) {
   const int64_t G = Hq / Hkv;
   std::vector<HeadState> all(Hkv);
   std::vector<float> qh(B * G * D);
@@ -258,11 +261,11 @@ void decode_attention_shared(const float* q, int64_t B, int64_t Hq, int64_t Hkv,
     for (int64_t b = 0; b < B; ++b) std::copy_n(q + (b * Hq + h * G) * D, G * D, qh.begin() + b * G * D);
     all[h].init(qh.data(), B * G, D);
   }
-  attend_segments(all, D, &prefix, 1, scale);
+  attend_segments(all, D, &prefix, 1, scale, team);
   for (int64_t b = 0; b < B; ++b) {
     std::vector<HeadState> heads;
     for (int64_t h = 0; h < Hkv; ++h) heads.push_back(split_rows(all[h], b * G, G));
-    attend_segments(heads, D, own + b, 1, scale);
+    attend_segments(heads, D, own + b, 1, scale, team);
     finish(heads, 0, G, out + b * Hq * D);
   }
 }
@@ -281,7 +284,10 @@ at::Tensor decode_attention_cpu(const at::Tensor& q, const c10::optional<at::Ten
   const int64_t Hkv = k_own.size(2), S = k_own.size(1);
   TORCH_CHECK(Hkv > 0 && Hq % Hkv == 0, "Hq=", Hq, " must be a multiple of Hkv=", Hkv);
   TORCH_CHECK(static_cast<int64_t>(own_lens.size()) == B, "own_lens must have B=", B, " entries");
-  at::Tensor qc = q.contiguous(), ko = k_own.contiguous(), vo = v_own.contiguous(), kp, vp;
+  // own KV may be a broadcast view (stride 0 over B: T query tokens of one sequence, each its own causal length)
+  const auto rows_ok = [&](const at::Tensor& t) { return t.stride(3) == 1 && t.stride(2) == D && t.stride(1) == Hkv * D; };
+  at::Tensor qc = q.contiguous(), ko = rows_ok(k_own) ? k_own : k_own.contiguous(), kp, vp;
+  at::Tensor vo = rows_ok(v_own) ? v_own : v_own.contiguous();
   const bool has_p = k_prefix.has_value() && k_prefix->defined() && k_prefix->size(0) > 0;
   if (has_p) {
     TORCH_CHECK(k_prefix->dim() == 3 && k_prefix->size(1) == Hkv && k_prefix->size(2) == D &&
@@ -294,13 +300,21 @@ at::Tensor decode_attention_cpu(const at::Tensor& q, const c10::optional<at::Ten
     TORCH_CHECK(own_lens[b] >= 0 && own_lens[b] <= S, "own_lens[", b, "]=", own_lens[b], " must lie in [0, ", S, "]");
   at::Tensor out = at::empty({B, Hq, D}, qc.options());
   const float sc = static_cast<float>(scale);
-  parallel_chunks(B, [&](int64_t b) {
+  std::vector<KVSegment> own(B);
+  for (int64_t b = 0; b < B; ++b)
+    own[b] = {ko.data_ptr<float>() + b * ko.stride(0), vo.data_ptr<float>() + b * vo.stride(0), Hkv * D, own_lens[b]};
+  if (has_p && B > 1) {  // the prefix read once for all B rows; called from the eager layer loop: ATen's threads
+    decode_attention_shared(qc.data_ptr<float>(), B, Hq, Hkv, D, {kp.data_ptr<float>(), vp.data_ptr<float>(), Hkv * D,
+                            kp.size(0)}, own.data(), sc, out.data_ptr<float>(), Team::aten);
+    return out;
+  }
+  parallel_items(B, [&](int64_t b) {
     KVSegment segs[2];
     int n = 0;
     if (has_p) segs[n++] = {kp.data_ptr<float>(), vp.data_ptr<float>(), Hkv * D, kp.size(0)};
-    const int64_t off = b * S * Hkv * D;
-    if (own_lens[b] > 0) segs[n++] = {ko.data_ptr<float>() + off, vo.data_ptr<float>() + off, Hkv * D, own_lens[b]};
-    decode_attention_rows(qc.data_ptr<float>() + b * Hq * D, Hq, Hkv, D, segs, n, sc, out.data_ptr<float>() + b * Hq * D);
+    if (own_lens[b] > 0) segs[n++] = own[b];
+    decode_attention_rows(qc.data_ptr<float>() + b * Hq * D, Hq, Hkv, D, segs, n, sc, out.data_ptr<float>() + b * Hq * D,
+                          Team::aten);
   });
   return out;
 }

@@ -16,15 +16,19 @@ struct KVSegment {
   int64_t n;
 };
 
+// The threads a kernel shares its work over (parallel.h): the barrier-free pool inside the fused decode step, ATen's
+// OpenMP team when called between ATen's ops (the eager layer loop).
+enum class Team { pool, aten };
+
 // One sequence's decode rows: q (Hq, D) -> out (Hq, D), attending to every key of segs[0..nseg). GQA: query head
 // h * G + g uses KV head h (G = Hq / Hkv).
 void decode_attention_rows(const float* q, int64_t Hq, int64_t Hkv, int64_t D, const KVSegment* segs, int nseg,
-                           float scale, float* out);
+                           float scale, float* out, Team team = Team::pool);
 
 // B sequences' decode rows q (B, Hq, D) -> out (B, Hq, D) over one shared prefix (read once for all B) and each
 // sequence's own segment own[b]; equal to decode_attention_rows with segments [prefix, own[b]] per sequence.
 void decode_attention_shared(const float* q, int64_t B, int64_t Hq, int64_t Hkv, int64_t D, const KVSegment& prefix,
-                             const KVSegment* own, float scale, float* out);
+                             const KVSegment* own, float scale, float* out, Team team = Team::pool);
 
 // Ops (registered in ops.cpp).
 at::Tensor decode_attention_cpu(const at::Tensor& q, const c10::optional<at::Tensor>& k_prefix,

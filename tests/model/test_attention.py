@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from duomem_fast import ops
-from duomem_fast.model.attention import _auto, attend
+from duomem_fast.model.attention import _auto, _rows_fit, attend
 
 
 def _inputs(B, T, P, S, dtype, hq=6, hkv=2, d=16, seed=0):
@@ -40,3 +40,22 @@ def test_auto_choice():
     assert _auto(fp[:, :1], 2) == ("ops" if native else "flash")  # decode rows
     assert _auto(fp[:, :15], 2) == "flash"  # 45 rows per KV head: below the native tiles
     assert _auto(fp[:, :16], 2) == ("ops" if native else "flash")  # 48 rows: the register tiles
+
+
+@pytest.mark.skipif(not ops.has_decode_step("cpu"), reason="the native decode ops are absent")
+@pytest.mark.parametrize("T,P,S", [(2, 37, 23), (5, 600, 9), (15, 1100, 40)])
+def test_rows_path_is_the_reference(T, P, S):
+    """A few tokens of one session as T decode rows, token t's own KV ending at itself: the causal result."""
+    q, shared, own_k, own_v, lens = _inputs(1, T, P, S, torch.float32, hq=9, hkv=3, d=64)
+    assert lens is None and _rows_fit(q, shared, own_k, lens)
+    out = attend(q, shared, own_k, own_v, None, "rows")
+    torch.testing.assert_close(out, attend(q, shared, own_k, own_v, None, "torch"), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(attend(q, shared, own_k, own_v, None, "auto"), out, atol=0, rtol=0)
+
+
+def test_rows_path_not_taken_where_it_does_not_fit():
+    q, shared, own_k, own_v, lens = _inputs(2, 4, 37, 23, torch.float32)
+    assert not _rows_fit(q, shared, own_k, lens)                 # two sessions
+    assert not _rows_fit(q[:1, :1], shared, own_k[:1], None)     # one token: the decode path already
+    assert not _rows_fit(q[:1], [], own_k[:1], None)             # no prefix
+    assert not _rows_fit(q[:1].bfloat16(), shared, own_k[:1], None)
