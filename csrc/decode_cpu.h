@@ -45,4 +45,13 @@ at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
                            const c10::optional<at::Tensor>& scales, const c10::optional<at::Tensor>& bias,
                            const c10::optional<at::Tensor>& adapter_ids);
 
+// From block_linear_cpu.cpp: lora_linear_cpu's path for a weight in GGUF blocks (uint8 (N, K/32, 24 | 36), blocks.h),
+// and the blocks widened to fp32 (N, K), exactly (dequantize_blocks_ref).
+at::Tensor block_lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                 const c10::optional<at::Tensor>& lora_a, const c10::optional<at::Tensor>& lora_b,
+                                 double scale, const c10::optional<at::Tensor>& scales,
+                                 const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& adapter_ids);
+at::Tensor dequantize_blocks_cpu(const at::Tensor& blocks);
+void dequantize_blocks_into(const at::Tensor& blocks, at::Tensor& out);
+
 }  // namespace duomem

@@ -24,6 +24,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include "decode_cpu.h"
 #include "parallel.h"
 #include "vec.h"
 #include "weight_reuse.h"
@@ -306,7 +307,7 @@ bool floating_ok(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat1
 
 }  // namespace
 
-// x (..., K); weight (N, K); lora_a (r, K) | (n, r, K); lora_b (N, r) | (n, N, r); scale a float, or scales (n,)
+// x (..., K); weight (N, K), or uint8 GGUF blocks (N, K/32, 24 | 36) (block_linear_cpu.cpp); lora_a (r, K) | (n, r, K); lora_b (N, r) | (n, N, r); scale a float, or scales (n,)
 // per adapter when given; bias (N,); adapter_ids (M,) int with -1 = base only. Returns (..., N) in x.dtype.
 at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& lora_a,
                            const c10::optional<at::Tensor>& lora_b, double scale,
@@ -315,6 +316,8 @@ at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
   // Decode calls this ~200 times per token on the default model: every ATen allocation or op here is ~0.5 us of a
   // 10-30 us call, so scratch lives in std::vector and fp32 inputs pass through without copies.
   TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "lora_linear_cpu: tensors must be on CPU");
+  if (weight.scalar_type() == at::kByte)  // GGUF blocks (blocks.h)
+    return block_lora_linear_cpu(x, weight, lora_a, lora_b, scale, scales_opt, bias, adapter_ids);
   TORCH_CHECK(weight.dim() == 2, "weight must be (N, K), got ", weight.sizes());
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), "x last dim ", x.size(-1), " != weight K ", weight.size(1));
   TORCH_CHECK(floating_ok(x.scalar_type()) && floating_ok(weight.scalar_type()), "x/weight must be fp32/bf16/fp16");

@@ -101,6 +101,7 @@ TORCH_LIBRARY(duomem, m) {
         "float scale) -> Tensor");
   m.def("decode_step(Tensor x, Tensor[] weights, Tensor?[] extras, Tensor cos, Tensor sin, Tensor? k_prefix, "
         "Tensor? v_prefix, Tensor(a!) own_k, Tensor(b!) own_v, int[] own_start, float eps) -> Tensor");
+  m.def("dequantize_blocks(Tensor blocks) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(duomem, CPU, m) {
@@ -109,6 +110,7 @@ TORCH_LIBRARY_IMPL(duomem, CPU, m) {
   m.impl("merge_attention", &duomem::merge_attention_cpu);
   m.impl("decode_attention", &duomem::decode_attention_cpu);
   m.impl("decode_step", &duomem::decode_step_cpu);
+  m.impl("dequantize_blocks", &duomem::dequantize_blocks_cpu);
 }
 
 #ifdef WITH_CUDA

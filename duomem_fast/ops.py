@@ -49,6 +49,11 @@ def _register_fakes() -> None:
     def _(o_a, lse_a, o_b, lse_b):
         return o_a.new_empty(o_a.shape), lse_a.new_empty(lse_a.shape, dtype=torch.float32)
 
+    if hasattr(torch.ops.duomem, "dequantize_blocks"):
+        @torch.library.register_fake("duomem::dequantize_blocks")
+        def _(blocks):
+            return blocks.new_empty((blocks.shape[0], blocks.shape[1] * ref.BLOCK), dtype=torch.float32)
+
     if not hasattr(torch.ops.duomem, "decode_step"):  # a build from before the decode ops
         return
 
@@ -100,7 +105,8 @@ def lora_linear(x: Tensor, weight: Tensor, lora_a: Tensor | None = None, lora_b:
                 scale: float | Tensor = 1.0, bias: Tensor | None = None, adapter_ids: Tensor | None = None) -> Tensor:
     """y = x Wᵀ + s·(x Aᵀ) Bᵀ (+ bias), fp32 accumulation, output in x.dtype.
 
-    x: (..., K); weight: (N, K); lora_a (r, K), lora_b (N, r); multi-adapter: lora_a (n, r, K), lora_b (n, N, r),
+    x: (..., K); weight: (N, K), or uint8 (N, K/32, 24 | 36) GGUF Q4_1 | Q8_0 blocks with fp32 scales
+    (`reference.dequantize_blocks_ref`, packed by `duomem_fast.model.blocks`); lora_a (r, K), lora_b (N, r); multi-adapter: lora_a (n, r, K), lora_b (n, N, r),
     adapter_ids (M,) with -1 = base only, scale a float or (n,). Returns (..., N).
     """
     # Decode hot path (~200 calls per token, 576->192 takes ~6 us in all): once a CPU call has resolved to the native
@@ -139,8 +145,21 @@ def _lora_linear_resolved(x: Tensor, weight: Tensor, lora_a: Tensor | None, lora
     checks.check_lora_linear(x, weight, lora_a, lora_b, bias, adapter_ids)
     if path == "triton":
         from duomem_fast.kernels.lora_linear import lora_linear as tl_lora_linear
+        if weight.dtype == torch.uint8:  # GGUF blocks: widened first (the Triton kernel reads fp32/bf16/fp16 W)
+            weight = ref.dequantize_blocks_ref(weight)
         return tl_lora_linear(x, weight, lora_a, lora_b, scale, bias, adapter_ids)
     return ref.lora_linear_ref(x, weight, lora_a, lora_b, scale, bias, adapter_ids)
+
+
+def dequantize_blocks(blocks: Tensor) -> Tensor:
+    """uint8 (N, K/32, 24 | 36) Q4_1 | Q8_0 blocks -> their fp32 (N, K) matrix, exactly (`dequantize_blocks_ref`)."""
+    if blocks.dtype != torch.uint8 or blocks.dim() != 3 or blocks.shape[2] not in (ref.Q4_1_BYTES, ref.Q8_0_BYTES):
+        return ref.dequantize_blocks_ref(blocks)  # raises the ValueError naming the shape
+    path = backend(blocks.device.type)
+    _say("dequantize_blocks", path)
+    if path == "native" and hasattr(torch.ops.duomem, "dequantize_blocks"):
+        return torch.ops.duomem.dequantize_blocks(blocks)
+    return ref.dequantize_blocks_ref(blocks)
 
 
 def prefix_attention(q: Tensor, k_prefix: Tensor | None, v_prefix: Tensor | None, k_suffix: Tensor | None = None,

@@ -22,11 +22,13 @@ def lora_linear_ref(
 ) -> Tensor:
     """y = x Wᵀ + s·(x Aᵀ) Bᵀ (+ bias), computed in fp32, returned in x.dtype.
 
-    x: (..., K); weight: (N, K); bias: (N,).
+    x: (..., K); weight: (N, K), or the same matrix in GGUF blocks (`dequantize_blocks_ref`); bias: (N,).
     Single adapter: lora_a (r, K), lora_b (N, r), scale a float.
     Multi-adapter: lora_a (n_adapters, r, K), lora_b (n_adapters, N, r), scale a float or (n_adapters,),
     adapter_ids (M,) int with M = x rows; -1 means base weight only.
     """
+    if weight.dtype == torch.uint8:
+        weight = dequantize_blocks_ref(weight)
     lead = x.shape[:-1]
     xf = x.reshape(-1, x.shape[-1]).float()
     y = xf @ weight.float().t()
@@ -38,6 +40,31 @@ def lora_linear_ref(
         else:
             y = y + _multi_lora_delta(xf, lora_a.float(), lora_b.float(), scale, adapter_ids)
     return y.reshape(*lead, weight.shape[0]).to(x.dtype)
+
+
+# GGUF's 32-weight blocks with their scales widened to fp32 (a broadcast from memory costs the kernel no shuffle),
+# told apart by bytes per block: Q4_1 = fp32 d, fp32 m, 16 bytes of 4-bit q (weight j in the low nibble of byte j,
+# weight j + 16 in its high nibble), w = d·q + m; Q8_0 = fp32 d, 32 int8 q, w = d·q. GGUF stores d and m in fp16.
+BLOCK = 32
+Q4_1_BYTES, Q8_0_BYTES = 24, 36
+
+
+def dequantize_blocks_ref(blocks: Tensor) -> Tensor:
+    """(N, K / 32, 24 | 36) uint8 Q4_1 | Q8_0 blocks -> (N, K) fp32, exactly as gguf-py de-quantises (d·q is exact in
+    fp32: an fp16-exact d times a 4- or 8-bit q)."""
+    if blocks.dtype != torch.uint8 or blocks.dim() != 3 or blocks.shape[2] not in (Q4_1_BYTES, Q8_0_BYTES):
+        raise ValueError(f"block weights must be uint8 (N, K/32, {Q4_1_BYTES} or {Q8_0_BYTES}), "
+                         f"got {blocks.dtype} {tuple(blocks.shape)}")
+    N, nb, nbytes = blocks.shape
+    b = blocks.contiguous()
+    d = b[..., 0:4].contiguous().view(torch.float32)  # (N, nb, 1)
+    if nbytes == Q8_0_BYTES:
+        q = b[..., 4:].contiguous().view(torch.int8).float()
+        return (q * d).reshape(N, nb * BLOCK)
+    m = b[..., 4:8].contiguous().view(torch.float32)
+    qs = b[..., 8:]
+    q = torch.cat([qs & 15, qs >> 4], dim=-1).float()
+    return (q * d + m).reshape(N, nb * BLOCK)
 
 
 def _multi_lora_delta(xf: Tensor, a: Tensor, b: Tensor, scale: float | Tensor, ids: Tensor) -> Tensor:

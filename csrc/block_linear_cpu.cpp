@@ -1,0 +1,193 @@
+// lora_linear over a weight kept in GGUF blocks (blocks.h): y = x Wᵀ + s·(x Aᵀ) Bᵀ (+ bias) with W widened exactly
+// in registers. Up to 16 rows of x (decode, a few sessions, a few verification tokens): a GEMV that reads the blocks
+// once, 6 (Q4_1) or 9 (Q8_0) bits a weight instead of fp32's 32. More rows (prefill, an appended observation) are
+// compute-bound: W is widened into fp32 scratch and the fp32 path (oneDNN) runs as for an fp32 weight.
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "blocks.h"
+#include "decode_cpu.h"
+#include "parallel.h"
+#include "weight_reuse.h"
+
+namespace duomem {
+namespace {
+
+using blocks::Format;
+constexpr int64_t kMaxGemvRows = 16;
+constexpr int64_t kChunkRows = 32;  // rows of W per unit of work: 576 rows -> 18 chunks for 2 threads
+
+struct Call {
+  const uint8_t* w;
+  int64_t ldw, nblk, N;
+  const float* x;
+  int64_t M, K;
+  const float* b;  // (N, r) or null
+  const float* t;  // (M, r): s·x Aᵀ
+  int64_t r;
+  const float* bias;
+  float* y;  // (M, N)
+  int64_t ahead;  // bytes of W asked for ahead of the group being read
+};
+
+// Look-ahead of the W stream when set_stream_ahead has not set one: one 4-row group of the 576-wide matrices (1.7 KB)
+// and more kept ~7 ms of a decode token waiting on memory; measured best in benchmarks (see docs/status.md).
+constexpr int64_t kBlockAhead = 8192;
+
+template <Format F, int NB, int MB>
+void group(const Call& c, int64_t n0, int64_t m0, bool prefetch) {
+  const int64_t at = n0 * c.ldw + c.ahead;  // the group's bytes, `ahead` further on, while it runs
+  const uint8_t* pf = prefetch && at + NB * c.ldw <= c.N * c.ldw ? c.w + at : nullptr;
+  blocks::block_dots<F, NB, MB>(c.w + n0 * c.ldw, c.ldw, c.nblk, c.x + m0 * c.K, c.K, pf, c.b ? c.b + n0 * c.r : nullptr,
+                                c.r, c.t ? c.t + m0 * c.r : nullptr, c.r, c.bias ? c.bias + n0 : nullptr,
+                                c.y + m0 * c.N + n0, c.N);
+}
+
+// MB x rows from m0 against rows [n0, n1) of W, NB rows at a time.
+template <Format F, int NB, int MB>
+void rows(const Call& c, int64_t n0, int64_t n1, int64_t m0) {
+  int64_t n = n0;
+  for (; n + NB <= n1; n += NB) group<F, NB, MB>(c, n, m0, true);
+  for (; n < n1; ++n) group<F, 1, MB>(c, n, m0, false);
+}
+
+// 1-4 x rows: 4 W rows a group (4 x MB accumulators, each widened block feeds MB x rows); 5-16: one W row a
+// group against 8 x rows at a time, so each block is widened once per 8 rows.
+template <Format F>
+void chunk(const Call& c, int64_t n0, int64_t n1) {
+  switch (c.M) {
+    case 1: return rows<F, 4, 1>(c, n0, n1, 0);
+    case 2: return rows<F, 4, 2>(c, n0, n1, 0);
+    case 3: return rows<F, 4, 3>(c, n0, n1, 0);
+    case 4: return rows<F, 4, 4>(c, n0, n1, 0);
+    default: break;
+  }
+  int64_t m = 0;
+  for (; m + 8 <= c.M; m += 8) rows<F, 1, 8>(c, n0, n1, m);
+  switch (c.M - m) {
+    case 7: return rows<F, 1, 7>(c, n0, n1, m);
+    case 6: return rows<F, 1, 6>(c, n0, n1, m);
+    case 5: return rows<F, 1, 5>(c, n0, n1, m);
+    case 4: return rows<F, 1, 4>(c, n0, n1, m);
+    case 3: return rows<F, 1, 3>(c, n0, n1, m);
+    case 2: return rows<F, 1, 2>(c, n0, n1, m);
+    case 1: return rows<F, 1, 1>(c, n0, n1, m);
+    default: return;
+  }
+}
+
+template <Format F>
+void gemv(const Call& c) {
+  const int64_t chunks = (c.N + kChunkRows - 1) / kChunkRows;
+  auto one = [&](int64_t i) { chunk<F>(c, i * kChunkRows, std::min(c.N, (i + 1) * kChunkRows)); };
+  if (c.M * c.N * c.K < (int64_t(1) << 18)) {  // too small to pay for handing out chunks (lora_linear_cpu.cpp)
+    for (int64_t i = 0; i < chunks; ++i) one(i);
+  } else {
+    parallel_chunks(chunks, one);
+  }
+}
+
+template <Format F>
+void widen_rows(const uint8_t* w, int64_t ldw, int64_t nblk, int64_t n0, int64_t n1, float* out) {
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t k = 0; k < nblk; ++k) {
+      float* o = out + (n * nblk + k) * blocks::kBlock;
+#ifdef __AVX512F__
+      __m512 lo, hi;
+      blocks::widen16<F>(w + n * ldw + k * blocks::bytes(F), lo, hi);
+      _mm512_storeu_ps(o, lo);
+      _mm512_storeu_ps(o + 16, hi);
+#else
+      blocks::widen<F>(w + n * ldw + k * blocks::bytes(F), o);
+#endif
+    }
+  }
+}
+
+Format format_of(const at::Tensor& w) {
+  TORCH_CHECK(w.dim() == 3 && (w.size(2) == blocks::bytes(Format::q4_1) || w.size(2) == blocks::bytes(Format::q8_0)),
+              "uint8 weight must be GGUF blocks (N, K/32, 24 or 36), got ", w.sizes());
+  return w.size(2) == blocks::bytes(Format::q4_1) ? Format::q4_1 : Format::q8_0;
+}
+
+// The fp32 matrix of the blocks, in a buffer reused by the next call on this thread (the lm_head's is 113 MB: a
+// fresh allocation per call would fault its pages in each time).
+at::Tensor widen_scratch(const at::Tensor& w) {
+  thread_local std::vector<float> buf;
+  const int64_t N = w.size(0), nblk = w.size(1);
+  buf.resize(std::max<size_t>(buf.size(), N * nblk * blocks::kBlock));
+  at::Tensor out = at::from_blob(buf.data(), {N, nblk * blocks::kBlock}, at::kFloat);
+  dequantize_blocks_into(w, out);
+  return out;
+}
+
+}  // namespace
+
+void dequantize_blocks_into(const at::Tensor& w, at::Tensor& out) {
+  const Format f = format_of(w);
+  const at::Tensor wc = w.contiguous();
+  const int64_t N = w.size(0), nblk = w.size(1);
+  const uint8_t* p = wc.data_ptr<uint8_t>();
+  float* o = out.data_ptr<float>();
+  const int64_t chunks = (N + kChunkRows - 1) / kChunkRows;
+  parallel_items(chunks, [&](int64_t i) {
+    const int64_t n0 = i * kChunkRows, n1 = std::min(N, n0 + kChunkRows);
+    if (f == Format::q4_1) return widen_rows<Format::q4_1>(p, wc.stride(0), nblk, n0, n1, o);
+    widen_rows<Format::q8_0>(p, wc.stride(0), nblk, n0, n1, o);
+  });
+}
+
+at::Tensor dequantize_blocks_cpu(const at::Tensor& w) {
+  TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == at::kByte, "dequantize_blocks: uint8 CPU blocks expected");
+  format_of(w);
+  at::Tensor out = at::empty({w.size(0), w.size(1) * blocks::kBlock}, w.options().dtype(at::kFloat));
+  dequantize_blocks_into(w, out);
+  return out;
+}
+
+at::Tensor block_lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                 const c10::optional<at::Tensor>& lora_a, const c10::optional<at::Tensor>& lora_b,
+                                 double scale, const c10::optional<at::Tensor>& scales,
+                                 const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& adapter_ids) {
+  const Format f = format_of(weight);
+  const int64_t N = weight.size(0), nblk = weight.size(1), K = nblk * blocks::kBlock;
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == K, "x last dim ", x.size(-1), " != weight K ", K, " (", nblk,
+              " blocks of 32)");
+  const bool lora = lora_a.has_value() && lora_a->defined();
+  const bool multi = adapter_ids.has_value() && adapter_ids->defined();
+  const int64_t M = x.numel() / std::max<int64_t>(K, 1);
+  const bool fp32_lora = !lora || (lora_a->scalar_type() == at::kFloat && lora_b.has_value() &&
+                                   lora_b->defined() && lora_b->scalar_type() == at::kFloat && lora_a->dim() == 2);
+  if (M > kMaxGemvRows || multi || !fp32_lora || (scales.has_value() && scales->defined()) || M == 0)
+    return lora_linear_cpu(x, widen_scratch(weight), lora_a, lora_b, scale, scales, bias, adapter_ids);
+  at::Tensor w = weight.stride(2) == 1 && weight.stride(1) == weight.size(2) ? weight : weight.contiguous();
+  at::Tensor xf = x.reshape({M, K}).to(at::kFloat).contiguous();
+  at::Tensor t, B, bf;
+  if (lora) {
+    TORCH_CHECK(lora_b.has_value() && lora_b->defined(), "lora_b is required with lora_a");
+    TORCH_CHECK(lora_a->size(1) == K && lora_b->dim() == 2 && lora_b->size(0) == N &&
+                    lora_b->size(1) == lora_a->size(0),
+                "lora shapes: lora_a ", lora_a->sizes(), ", lora_b ", lora_b->sizes(), " do not fit K=", K, " N=", N);
+    t = lora_linear_cpu(xf, *lora_a, c10::nullopt, c10::nullopt, 1.0, c10::nullopt, c10::nullopt, c10::nullopt)
+            .mul_(static_cast<float>(scale));
+    B = lora_b->contiguous();
+  }
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->numel() == N, "bias must have N=", N, " elements, got ", bias->numel());
+    bf = bias->to(at::kFloat).contiguous();
+  }
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
+  shape.push_back(N);
+  at::Tensor y = at::empty(shape, xf.options());
+  const Call c{w.data_ptr<uint8_t>(), w.stride(0), nblk, N, xf.data_ptr<float>(), M, K,
+               lora ? B.data_ptr<float>() : nullptr, lora ? t.data_ptr<float>() : nullptr,
+               lora ? B.size(1) : 0, bf.defined() ? bf.data_ptr<float>() : nullptr, y.data_ptr<float>(),
+               stream_ahead() > 0 ? stream_ahead() : kBlockAhead};
+  if (f == Format::q4_1) gemv<Format::q4_1>(c); else gemv<Format::q8_0>(c);
+  return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
+}
+
+}  // namespace duomem

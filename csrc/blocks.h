@@ -1,0 +1,132 @@
+// GGUF blocks widened exactly to fp32 in registers, and the GEMV over them (reference: dequantize_blocks_ref).
+//
+// A block holds 32 consecutive weights of a row, with GGUF's fp16 scales widened to fp32. Q4_1 (24 bytes): fp32 d,
+// fp32 m, 16 bytes of 4-bit q (weight j in the low nibble of byte j, weight j + 16 in its high nibble), w = d·q + m.
+// Q8_0 (36 bytes): fp32 d, 32 int8 q, w = d·q. d is fp16-exact (duomem_fast/model/blocks.py packs nothing else), so
+// d·q is exact in fp32 (11 bits times 4 or 8) and a fused multiply-add gives the same fp32 weight as gguf-py's
+// separate multiply and add: the GEMV computes x·w on the very values an fp32 matrix holds.
+//
+// AVX-512 widening: 512-bit work issues on two ports only (p0, p5), and those are the limit here, not memory. Q4_1
+// looks its 16 values up in a one-register table (lut[i] = d·i + m, one FMA on d and m broadcast from memory, which
+// costs load ports only): the low nibbles index it directly (vpermps reads an index's low 4 bits), the high ones after
+// a shift. Per block and W row: widen q to 32-bit lanes, a shift, the table FMA, two lookups, two dot FMAs.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "vec.h"
+
+namespace duomem {
+namespace blocks {
+
+constexpr int kBlock = 32;
+enum class Format { q4_1 = 24, q8_0 = 36 };  // value: bytes per block
+constexpr int bytes(Format f) { return static_cast<int>(f); }
+
+inline float f32_at(const uint8_t* p) {
+  float v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// Scalar widening of one block into 32 floats (the portable path and the M > 16 de-quantisation).
+template <Format F>
+inline void widen(const uint8_t* blk, float* out) {
+  const float d = f32_at(blk);
+  if constexpr (F == Format::q4_1) {
+    const float m = f32_at(blk + 4);
+    for (int j = 0; j < 16; ++j) {
+      out[j] = d * static_cast<float>(blk[8 + j] & 15) + m;
+      out[j + 16] = d * static_cast<float>(blk[8 + j] >> 4) + m;
+    }
+  } else {
+    for (int j = 0; j < kBlock; ++j) out[j] = d * static_cast<float>(static_cast<int8_t>(blk[4 + j]));
+  }
+}
+
+#ifdef __AVX512F__
+// One block -> weights 0..15 in lo, 16..31 in hi.
+template <Format F>
+DUOMEM_INLINE void widen16(const uint8_t* blk, __m512& lo, __m512& hi) {
+  const __m512 d = _mm512_set1_ps(f32_at(blk));
+  if constexpr (F == Format::q4_1) {
+    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512 lut = _mm512_fmadd_ps(iota, d, _mm512_set1_ps(f32_at(blk + 4)));
+    const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 8)));
+    lo = _mm512_permutexvar_ps(q, lut);
+    hi = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), lut);
+  } else {
+    const __m128i* q = reinterpret_cast<const __m128i*>(blk + 4);
+    lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q))), d);
+    hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q + 1))), d);
+  }
+}
+
+// out[j, i] = w_i · x_j (+ b_i · t_j) (+ bias_i) for NB rows of blocks (ldw bytes apart) and MB rows of x. Each block
+// is widened once for all MB x rows. pf: the bytes to ask for while this group runs (the next group, same layout),
+// or null; b: NB rows of r LoRA expand weights (or null) against t (MB rows, ldt apart).
+template <Format F, int NB, int MB>
+inline void block_dots(const uint8_t* w, int64_t ldw, int64_t nblk, const float* x, int64_t ldx, const uint8_t* pf,
+                       const float* b, int64_t r, const float* t, int64_t ldt, const float* bias, float* out,
+                       int64_t ldo) {
+  constexpr int S = bytes(F);
+  __m512 acc[MB][NB];
+  for (int j = 0; j < MB; ++j)
+    for (int i = 0; i < NB; ++i) acc[j][i] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < nblk; ++k) {
+    if (pf) {  // the group's NB rows advance S bytes each per block: NB * S bytes of the next group per step
+      const char* p = reinterpret_cast<const char*>(pf) + k * NB * S;
+      for (int l = 0; l < NB * S; l += 64) _mm_prefetch(p + l, _MM_HINT_T1);
+    }
+    __m512 lo[NB], hi[NB];
+    for (int i = 0; i < NB; ++i) widen16<F>(w + i * ldw + k * S, lo[i], hi[i]);
+    for (int j = 0; j < MB; ++j) {
+      const __m512 xl = _mm512_loadu_ps(x + j * ldx + k * kBlock), xh = _mm512_loadu_ps(x + j * ldx + k * kBlock + 16);
+      for (int i = 0; i < NB; ++i) acc[j][i] = _mm512_fmadd_ps(hi[i], xh, _mm512_fmadd_ps(lo[i], xl, acc[j][i]));
+    }
+  }
+  for (int j = 0; j < MB; ++j) {
+    for (int i = 0; i < NB; ++i) {
+      if (b) {  // the LoRA expand: r more products of the row's dot
+        const float* bi = b + i * r;
+        const float* tj = t + j * ldt;
+        int64_t c = 0;
+        for (; c + 16 <= r; c += 16)
+          acc[j][i] = _mm512_fmadd_ps(_mm512_loadu_ps(bi + c), _mm512_loadu_ps(tj + c), acc[j][i]);
+        if (c < r) {
+          const __mmask16 mask = static_cast<__mmask16>((1u << (r - c)) - 1);
+          acc[j][i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, bi + c), _mm512_maskz_loadu_ps(mask, tj + c),
+                                      acc[j][i]);
+        }
+      }
+      float y = _mm512_reduce_add_ps(acc[j][i]);
+      if (bias) y += bias[i];
+      out[j * ldo + i] = y;
+    }
+  }
+}
+#else
+template <Format F, int NB, int MB>
+inline void block_dots(const uint8_t* w, int64_t ldw, int64_t nblk, const float* x, int64_t ldx, const uint8_t*,
+                       const float* b, int64_t r, const float* t, int64_t ldt, const float* bias, float* out,
+                       int64_t ldo) {
+  float wv[kBlock];
+  for (int i = 0; i < NB; ++i) {
+    for (int j = 0; j < MB; ++j) {
+      float y = 0.f;
+      for (int64_t k = 0; k < nblk; ++k) {
+        widen<F>(w + i * ldw + k * bytes(F), wv);
+        for (int c = 0; c < kBlock; ++c) y += wv[c] * x[j * ldx + k * kBlock + c];
+      }
+      if (b)
+        for (int64_t c = 0; c < r; ++c) y += b[i * r + c] * t[j * ldt + c];
+      if (bias) y += bias[i];
+      out[j * ldo + i] = y;
+    }
+  }
+}
+#endif
+
+}  // namespace blocks
+}  // namespace duomem
