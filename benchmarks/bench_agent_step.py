@@ -11,9 +11,11 @@ greedily (EOS ignored, so every engine does the same work). Engines, in one proc
   2. hf merged+cache     transformers, adapter merged, playbook and history KV kept in a DynamicCache (best practice)
   3. llama.cpp           llama-cpp-python on an F32 GGUF of the merged model, exported with llama.cpp's own
                          convert_hf_to_gguf.py (--llama-convert; skipped with a message when either is missing)
-  4. ours unmerged       duomem_fast Engine, adapter applied per layer (fused lora_linear)
-  5. ours merged         duomem_fast Engine, adapter merged
-  extra rows: ours unmerged with the eager layer loop (fused_decode=False: the decode step before ops.decode_step;
+  4. ours unmerged       duomem_fast Engine, adapter applied per layer (fused lora_linear); the base weights, which
+                         the GGUF de-quantised, back in their exact Q4_1 / Q8_0 blocks (model/blocks.py: same fp32
+                         values, a fifth of the bytes)
+  5. ours merged         duomem_fast Engine, adapter merged (merged weights are no longer blocks: fp32 matrices)
+  extra rows: ours unmerged with the base weights as fp32 matrices (--fp32-row: the engine before the blocks), ours unmerged with the eager layer loop (fused_decode=False: the decode step before ops.decode_step;
   --eager-row), ours merged with one-row GEMVs in 8-row blocks (the decode GEMV before the single-row stream;
   --blocks-row), ours with --batch sessions decoding together (times per session), ours with greedy prompt-lookup
   drafts (--lookahead; exact greedy, so it faces the same gate), ours with bf16 projection weights under fp32
@@ -191,6 +193,8 @@ def _our_rows(args, adapter) -> tuple[dict, dict]:
         return Engine.from_pretrained(None, adapter=adapter, **kw)
 
     engines = {"ours unmerged": make(merge_lora=False), "ours merged": make(merge_lora=True)}
+    if args.fp32_row:  # the base weights as fp32 matrices rather than their exact GGUF blocks (model/blocks.py)
+        engines["ours unmerged, fp32 matrices"] = make(merge_lora=False, block_weights=False)
     if args.eager_row:
         engines["ours unmerged eager layers"] = make(merge_lora=False, fused_decode=False)
     if args.blocks_row:
@@ -385,6 +389,8 @@ def main(argv=None) -> dict:
                    help="also run ours unmerged with the eager layer loop (fused_decode=False)")
     p.add_argument("--blocks-row", action=argparse.BooleanOptionalAction, default=True,
                    help="also run ours merged with one-row GEMVs in 8-row blocks (before the single-row stream)")
+    p.add_argument("--fp32-row", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run ours unmerged with the base weights as fp32 matrices, not their exact GGUF blocks")
     p.add_argument("--wbf16", action=argparse.BooleanOptionalAction, default=True,
                    help="also run ours with bf16 projection weights under fp32 activations (same gate)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False, help="also run ours merged bf16")

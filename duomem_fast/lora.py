@@ -155,10 +155,13 @@ def extend_lora_rows(weights: Weights) -> None:
     linear's weight and its LoRA B (no extra memory). The CPU lora_linear recognises the pair and computes
     [x | s·x Aᵀ] · [W | B]ᵀ: each decode GEMV reads one stream instead of W plus a thin second one, and an append
     runs one GEMM instead of base GEMM, expand GEMM and an add. Other backends see an ordinary strided W and B.
-    A sits just before them in the same allocation, so a decode call's shrink pass runs on into the W stream."""
+    A sits just before them in the same allocation, so a decode call's shrink pass runs on into the W stream.
+    A W kept in GGUF blocks (model/blocks.py) keeps its B apart: the block kernel adds the expand itself."""
     for lw in weights.layers:
         for name, pair in lw.lora.items():
             w = getattr(lw, name)
+            if w.dtype == torch.uint8:
+                continue
             (n, k), r = w.shape, pair.a.shape[0]
             buf = torch.empty(r * k + n * (k + r), dtype=w.dtype)
             a, ext = buf[:r * k].view(r, k), buf[r * k:].view(n, k + r)

@@ -8,6 +8,7 @@ import torch
 from duomem_fast.engine.identity import model_fingerprint
 from duomem_fast.lora import attach_adapter, extend_lora_rows, load_adapter, merge_adapter
 from duomem_fast.model.arena import pack_weights
+from duomem_fast.model.blocks import pack_linears
 from duomem_fast.model.config import load_config
 from duomem_fast.model.decoder import Decoder
 from duomem_fast.model.loader import DEFAULT_MODEL, resolve_model_dir
@@ -25,7 +26,7 @@ def parse_dtype(dtype) -> torch.dtype:
 
 def build_engine(cls, model, adapter, merge_lora: bool, dtype, attn_impl: str = "auto",
                  prefix_budget_bytes: int = 2 << 30, lookahead: int = 0, fused_decode: bool = True,
-                 weight_dtype=None):
+                 weight_dtype=None, block_weights: bool = True):
     from transformers import AutoTokenizer
 
     dtype = parse_dtype(dtype)
@@ -48,6 +49,8 @@ def build_engine(cls, model, adapter, merge_lora: bool, dtype, attn_impl: str = 
             attach_adapter(weights, cfg, lora)
     if wdtype != dtype:
         _cast_linears(weights, wdtype)
+    if block_weights and dtype == wdtype == torch.float32 and not (adapter is not None and merge_lora):
+        pack_linears(weights)  # matrices a GGUF de-quantised, back in their blocks, exactly (model/blocks.py)
     if adapter is not None and not merge_lora and dtype == torch.float32:
         extend_lora_rows(weights)  # the CPU kernels' [W | B] rows; all-bf16 engines keep bf16 x paths apart
     pack_weights(weights)  # one arena in decode read order, on 2 MiB pages (model/arena.py)

@@ -45,7 +45,9 @@ class Engine:
         options: attn_impl ("auto" | "flash" | "torch" | "lowp" | "ops"), prefix_budget_bytes, lookahead (greedy
         prompt-lookup draft length, 0 = off), fused_decode (True: decode tokens run the layer stack in one native
         call where built; False: the eager layer loop), weight_dtype ("bfloat16" under dtype float32: projection
-        weights stored in bf16, half the bytes per token, while activations and KV stay fp32)."""
+        weights stored in bf16, half the bytes per token, while activations and KV stay fp32), block_weights (True:
+        in fp32, matrices that are exactly GGUF Q4_1/Q8_0 blocks de-quantised, as the default model's are, are kept
+        in those blocks and widened exactly in the kernel: the same weight values, a fifth of the bytes a token)."""
         from duomem_fast.engine.build import build_engine
 
         return build_engine(cls, model, adapter, merge_lora, dtype, **options)

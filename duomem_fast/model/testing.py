@@ -100,3 +100,40 @@ def make_random_adapter(model_dir: str | os.PathLike, path: str | os.PathLike, r
     out = Path(path)
     model.save_pretrained(out)
     return out
+
+
+def snap_q4_1(w):
+    """fp32 (N, K) -> the nearest fp32 matrix that is GGUF Q4_1 exactly (ggml's quantize_row_q4_1, then gguf-py's
+    de-quantisation): what a Q4_1 GGUF file de-quantises to."""
+    import torch
+
+    b = w.float().reshape(w.shape[0], -1, 32)
+    m = b.amin(-1, keepdim=True).half().float()
+    d = ((b.amax(-1, keepdim=True) - m) / 15).half().float()
+    q = torch.round((b - m) / torch.where(d == 0, torch.ones_like(d), d)).clamp(0, 15)
+    return (q * d + m).reshape(w.shape)
+
+
+def snap_q8_0(w):
+    """fp32 (N, K) -> the nearest fp32 matrix that is GGUF Q8_0 exactly (d = amax / 127 in fp16, q = round(w / d))."""
+    import torch
+
+    b = w.float().reshape(w.shape[0], -1, 32)
+    d = (b.abs().amax(-1, keepdim=True) / 127).half().float()
+    q = torch.round(b / torch.where(d == 0, torch.ones_like(d), d)).clamp(-128, 127)
+    return (q * d).reshape(w.shape)
+
+
+def snap_model_to_blocks(model_dir: str | os.PathLike) -> Path:
+    """Rewrite a model directory's weights as a Q4_1 GGUF would de-quantise them (SmolLM2's file: projections Q4_1,
+    the token embedding Q8_0; norms and biases stay fp32), in place. Returns the directory."""
+    from safetensors.torch import load_file, save_file
+
+    out = Path(model_dir)
+    path = out / "model.safetensors"
+    tensors = load_file(str(path))
+    for name, t in tensors.items():
+        if t.dim() == 2 and t.shape[1] % 32 == 0:
+            tensors[name] = (snap_q8_0 if "embed_tokens" in name else snap_q4_1)(t).contiguous()
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return out
