@@ -18,7 +18,9 @@ namespace {
 
 using blocks::Format;
 constexpr int64_t kMaxGemvRows = 16;
-constexpr int64_t kChunkRows = 32;  // rows of W per unit of work: 576 rows -> 18 chunks for 2 threads
+// Rows of W per unit of work. The default model's 121 matrices in decode order (111 MB of blocks), 2 threads, p25 of
+// 8 passes: 32 rows (the fp32 kernel's) 10.7 ms, as slow as one thread; 128 rows 7.2-7.5; 288 rows 7.9-8.2.
+constexpr int64_t kChunkRows = 128;
 
 struct Call {
   const uint8_t* w;
@@ -33,8 +35,8 @@ struct Call {
   int64_t ahead;  // bytes of W asked for ahead of the group being read
 };
 
-// Look-ahead of the W stream when set_stream_ahead has not set one: one 4-row group of the 576-wide matrices (1.7 KB)
-// and more kept ~7 ms of a decode token waiting on memory; measured best in benchmarks (see docs/status.md).
+// Look-ahead of the W stream when set_stream_ahead has not set one. Same 121 matrices, 1 thread, p25 of 8 passes,
+// by bytes ahead: 256 14.4 ms, 1 KiB 13.4, 2 KiB 11.8, 4 KiB 10.3, 8 KiB 10.5, 16 KiB 11.1, 32 KiB 11.7.
 constexpr int64_t kBlockAhead = 8192;
 
 template <Format F, int NB, int MB>
