@@ -2,7 +2,7 @@
 and peft's LoRA `Linear` forward, on the default model's shapes (and its fused q/k/v, gate/up) and Qwen3-4B's.
 
     python benchmarks/bench_lora_linear.py [--quick] [--dtype float32|bfloat16] [--mode hot|cold|both]
-                                           [--prefetch auto|always|never] [--json runs/bench_lora_linear.json]
+                                           [--prefetch auto|always|never] [--gguf] [--json runs/bench_lora_linear.json]
 
 Two cache regimes, applied alike to every implementation:
   hot   the same W/A/B every call: weights up to a few MB sit in L2/L3, so the kernel is compute/L3-bound;
@@ -14,6 +14,9 @@ median mostly measures the neighbours). Napkin math: bytes streamed (W + A + B) 
 read bandwidth measured in the same process with the same thread count (hot rows can exceed 100%: they read L2/L3).
 x_M1 is ours at this M over ours at M=1 (same shape, same regime). --prefetch pins the C++ kernel's next-block prefetch
 (default auto: by reuse distance, csrc/weight_reuse.h), to see what it gains cold and costs hot.
+--gguf: W as the default model's GGUF has it (every value on the Q4_1 grid; Q8_0 for lm_head's shape), for every
+implementation alike, plus "blocks": ours reading W in its exact blocks (duomem_fast/model/blocks.py), the same
+values, so the same products; blocks_* columns compare it, its GB/s counting the bytes it reads.
 Also collected by `pytest benchmarks/ --benchmark-only` through the test_* functions at the bottom.
 """
 from __future__ import annotations
@@ -35,16 +38,22 @@ MS, RANKS = [1, 4, 16, 64], [8, 16, 64]
 MODES = ("hot", "cold")
 
 
-def make_case(K: int, N: int, M: int, r: int, dtype: torch.dtype, copies: int = 1) -> dict:
-    """x (M, K) and `copies` distinct weight sets {w, a, b, merged, peft}, each in its own memory."""
+def make_case(K: int, N: int, M: int, r: int, dtype: torch.dtype, copies: int = 1, gguf: bool = False) -> dict:
+    """x (M, K) and `copies` distinct weight sets {w, a, b, merged, peft (, blocks)}, each in its own memory."""
     x = torch.randn(M, K, dtype=dtype)
     w = (torch.randn(N, K) / K ** 0.5).to(dtype)
+    if gguf:
+        from duomem_fast.model.testing import snap_q4_1, snap_q8_0
+        w = (snap_q8_0 if N > 8192 else snap_q4_1)(w.float()).to(dtype)
     a, b = (torch.randn(r, K) / K ** 0.5).to(dtype), (torch.randn(N, r) / r ** 0.5).to(dtype)
     merged = (w.float() + 2.0 * b.float() @ a.float()).to(dtype)
     sets = []
     for i in range(copies):
         ws, as_, bs = (t.clone() if i else t for t in (w, a, b))
         sets.append(dict(w=ws, a=as_, b=bs, merged=merged.clone() if i else merged, peft=_peft_linear(ws, as_, bs, r)))
+        if gguf:
+            from duomem_fast.model.blocks import pack_blocks
+            sets[-1]["blocks"] = pack_blocks(ws.float())
     return dict(x=x, sets=sets)
 
 
@@ -72,6 +81,8 @@ def _fns(x, s: dict) -> dict:
     }
     if s["peft"] is not None:
         fns["peft"] = lambda: s["peft"](x)
+    if s.get("blocks") is not None:
+        fns["blocks"] = lambda: ops.lora_linear(x, s["blocks"], a, b, 2.0)
     return fns
 
 
@@ -81,7 +92,7 @@ def impls(c: dict) -> dict:
     return {name: rotate([f[name] for f in per_set]) for name in per_set[0]}
 
 
-def run(shapes, ms, ranks, dtype, reps: int, modes=MODES, rounds: int = 1) -> list[dict]:
+def run(shapes, ms, ranks, dtype, reps: int, modes=MODES, rounds: int = 1, gguf: bool = False) -> list[dict]:
     bw, llc = measure_bandwidth(), llc_bytes()
     print(f"measured read bandwidth: {bw / 1e9:.1f} GB/s ({torch.get_num_threads()} threads); last-level cache "
           f"{llc >> 20} MiB; backend {ops.backend('cpu')}; dtype {dtype}", flush=True)
@@ -93,18 +104,18 @@ def run(shapes, ms, ranks, dtype, reps: int, modes=MODES, rounds: int = 1) -> li
             for K, N in shapes:
                 for r in ranks:
                     for M in ms:
-                        rows.append(_one(K, N, M, r, dtype, bw, llc, reps, mode, rows, rounds))
+                        rows.append(_one(K, N, M, r, dtype, bw, llc, reps, mode, rows, rounds, gguf))
                         if len(rows) == first + 1:
-                            print_table([rows[-1]], COLUMNS)
+                            print_table([rows[-1]], _columns(rows[-1]))
                         else:
                             print(_line(rows[-1]), flush=True)
     return rows
 
 
-def _one(K, N, M, r, dtype, bw, llc, reps, mode, done, rounds: int = 1) -> dict:
+def _one(K, N, M, r, dtype, bw, llc, reps, mode, done, rounds: int = 1, gguf: bool = False) -> dict:
     nbytes = (N * K + r * (K + N)) * dtype.itemsize
     copies = cold_copies(nbytes, llc) if mode == "cold" else 1
-    c = make_case(K, N, M, r, dtype, copies)
+    c = make_case(K, N, M, r, dtype, copies, gguf)
     reps = max(5, min(reps, int(reps * 2e7 / nbytes)))  # fewer reps for 100 MB weights: same wall time per row
     t = {}
     for _ in range(rounds):  # implementations interleaved, each keeping its best round (p10): neighbours come and go
@@ -120,6 +131,11 @@ def _one(K, N, M, r, dtype, bw, llc, reps, mode, done, rounds: int = 1) -> dict:
     row.update(GBps=nbytes / best / 1e9, pct_bw=100 * nbytes / best / bw)
     m1 = [d for d in done if (d["mode"], d["K"], d["N"], d["r"], d["M"]) == (mode, K, N, r, 1)]
     row["x_M1"] = best / (m1[0]["ours_p10_us"] * 1e-6) if m1 else float("nan")
+    if "blocks" in t:
+        blk = t["blocks"].p10
+        row.update(blocks_p10_us=blk * 1e6, blocks_vs_unfused=t["unfused"].p10 / blk,
+                   blocks_vs_merged=t["merged"].p10 / blk,
+                   blocks_GBps=(c["sets"][0]["blocks"].nbytes + r * (K + N) * dtype.itemsize) / blk / 1e9)
     return row
 
 
@@ -127,8 +143,15 @@ COLUMNS = ["mode", "K", "N", "M", "r", "copies", "ours_us", "ours_p10_us", "unfu
            "vs_unfused", "vs_merged", "GBps", "pct_bw", "x_M1"]
 
 
+BLOCK_COLUMNS = ["blocks_p10_us", "blocks_vs_unfused", "blocks_vs_merged", "blocks_GBps"]
+
+
+def _columns(row: dict) -> list[str]:
+    return COLUMNS + (BLOCK_COLUMNS if "blocks_p10_us" in row else [])
+
+
 def _line(row: dict) -> str:
-    return "  ".join(f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in COLUMNS)
+    return "  ".join(f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in _columns(row))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,8 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads first (default: torch's)")
     p.add_argument("--prefetch", default="auto", choices=["auto", "always", "never"],
                    help="C++ lora_linear's next-block prefetch (default auto)")
+    p.add_argument("--gguf", action="store_true",
+                   help="W on the default model's GGUF grid (Q4_1; Q8_0 for lm_head), plus ours over its blocks")
     p.add_argument("--json", default=None, help="write rows + machine info here")
     args = p.parse_args(argv)
+    if args.gguf and args.dtype != "float32":
+        p.error("--gguf packs fp32 matrices: use it with --dtype float32")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.rounds < 1:
@@ -152,16 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     dtype = getattr(torch, args.dtype)
     modes = MODES if args.mode == "both" else (args.mode,)
     if args.quick:
-        rows = run(DEFAULT_SHAPES, [1, 4], [16], dtype, args.reps, modes, args.rounds)
+        rows = run(DEFAULT_SHAPES, [1, 4], [16], dtype, args.reps, modes, args.rounds, args.gguf)
     else:
-        rows = run(DEFAULT_SHAPES + QWEN_SHAPES, MS, RANKS, dtype, args.reps, modes, args.rounds)
+        rows = run(DEFAULT_SHAPES + QWEN_SHAPES, MS, RANKS, dtype, args.reps, modes, args.rounds, args.gguf)
     for mode in modes:
         print(f"\n{mode}:")
-        print_table([r for r in rows if r["mode"] == mode], COLUMNS)
+        print_table([r for r in rows if r["mode"] == mode], _columns(rows[0]))
     if args.json:
         write_json(args.json, {"bench": "lora_linear", "dtype": args.dtype, "bandwidth_Bps": measure_bandwidth(),
                                "llc_bytes": llc_bytes(), "backend": ops.backend("cpu"), "modes": list(modes),
-                               "prefetch": args.prefetch, "rounds": args.rounds,
+                               "prefetch": args.prefetch, "rounds": args.rounds, "gguf": args.gguf,
                                "rows": rows})
     return 0
 
