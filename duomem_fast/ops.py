@@ -106,8 +106,9 @@ def lora_linear(x: Tensor, weight: Tensor, lora_a: Tensor | None = None, lora_b:
     """y = x Wᵀ + s·(x Aᵀ) Bᵀ (+ bias), fp32 accumulation, output in x.dtype.
 
     x: (..., K); weight: (N, K), or uint8 (N, K/32, 24 | 36) GGUF Q4_1 | Q8_0 blocks with fp32 scales
-    (`reference.dequantize_blocks_ref`, packed by `duomem_fast.model.blocks`); lora_a (r, K), lora_b (N, r); multi-adapter: lora_a (n, r, K), lora_b (n, N, r),
-    adapter_ids (M,) with -1 = base only, scale a float or (n,). Returns (..., N).
+    (`reference.dequantize_blocks_ref`, packed by `duomem_fast.model.blocks`); lora_a (r, K), lora_b (N, r);
+    multi-adapter: lora_a (n, r, K), lora_b (n, N, r), adapter_ids (M,) with -1 = base only, scale a float or (n,).
+    Returns (..., N).
     """
     # Decode hot path (~200 calls per token, 576->192 takes ~6 us in all): once a CPU call has resolved to the native
     # build and said so, CPU calls skip the resolution and logging (x.is_cpu is 0.05 us, x.device.type 0.25 us). The

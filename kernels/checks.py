@@ -5,14 +5,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .reference import BLOCK, Q4_1_BYTES, Q8_0_BYTES
+
 
 def check_lora_linear(x: Tensor, weight: Tensor, lora_a: Tensor | None, lora_b: Tensor | None,
                       bias: Tensor | None, adapter_ids: Tensor | None) -> None:
     """x (..., K), weight (N, K), lora_a (r, K) | (n, r, K), lora_b (N, r) | (n, N, r), bias (N,), ids (M,)."""
     if weight.dtype == torch.uint8:  # GGUF blocks (reference.dequantize_blocks_ref)
-        if weight.dim() != 3 or weight.shape[2] not in (24, 36):
-            raise ValueError(f"uint8 weight must be GGUF blocks (N, K/32, 24 or 36), got shape {tuple(weight.shape)}")
-        N, K = weight.shape[0], weight.shape[1] * 32
+        if weight.dim() != 3 or weight.shape[2] not in (Q4_1_BYTES, Q8_0_BYTES):
+            raise ValueError(f"uint8 weight must be GGUF blocks (N, K/32, {Q4_1_BYTES} or {Q8_0_BYTES}), "
+                             f"got shape {tuple(weight.shape)}")
+        N, K = weight.shape[0], weight.shape[1] * BLOCK
     elif weight.dim() != 2:
         raise ValueError(f"weight must be (N, K), got shape {tuple(weight.shape)}")
     else:
