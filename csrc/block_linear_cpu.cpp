@@ -1,7 +1,7 @@
 // lora_linear over a weight kept in GGUF blocks (blocks.h): y = x Wᵀ + s·(x Aᵀ) Bᵀ (+ bias) with W widened exactly
-// in registers. Up to 16 rows of x (decode, a few sessions, a few verification tokens): a GEMV that reads the blocks
-// once, 6 (Q4_1) or 9 (Q8_0) bits a weight instead of fp32's 32. More rows (prefill, an appended observation) are
-// compute-bound: W is widened into fp32 scratch and the fp32 path (oneDNN) runs as for an fp32 weight.
+// in registers. Up to 32 rows of x (decode, a few sessions, verification tokens, scored candidates): a GEMV that
+// reads the blocks once, 6 (Q4_1) or 9 (Q8_0) bits a weight instead of fp32's 32. More rows (prefill, an appended
+// observation) are compute-bound: W is widened into fp32 scratch and the fp32 path (oneDNN) runs as for fp32 W.
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -17,7 +17,10 @@ namespace duomem {
 namespace {
 
 using blocks::Format;
-constexpr int64_t kMaxGemvRows = 16;
+// Rows up to which the GEMV (each block widened once per 8 x rows) beats widening the whole matrix for the fp32
+// GEMM: 30 of the model's matrices, 1 thread, min of 5, three alternations, ms GEMV / widen+GEMM: M=24 15-26 /
+// 27-29, M=32 20-37 / 28-35, M=48 31-47 / 31-42, M=60 40-54 / 38-44, M=96 67-90 / 52-68.
+constexpr int64_t kMaxGemvRows = 32;
 // Rows of W per unit of work. The default model's 121 matrices in decode order (111 MB of blocks), 2 threads, p25 of
 // 8 passes: 32 rows (the fp32 kernel's) 10.7 ms, as slow as one thread; 128 rows 7.2-7.5; 288 rows 7.9-8.2.
 constexpr int64_t kChunkRows = 128;

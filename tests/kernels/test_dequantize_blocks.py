@@ -48,10 +48,10 @@ def test_native_dequantize_is_bit_exact(fmt, use_backend):
 
 @pytest.mark.skipif(not ops.HAS_NATIVE, reason="duomem_fast._C not built")
 @pytest.mark.parametrize("fmt", SNAPS)
-@pytest.mark.parametrize("M", [1, 3, 4, 5, 16, 19])
+@pytest.mark.parametrize("M", [1, 3, 4, 5, 16, 19, 32, 33])
 def test_identity_rows_read_back_the_weights(fmt, M, use_backend):
-    """x = rows of the identity: every product is w·1 or w·0, so y holds W's columns exactly, in the GEMV (M <= 16)
-    and in the widen-then-GEMM (M > 16) paths alike."""
+    """x = rows of the identity: every product is w·1 or w·0, so y holds W's columns exactly, in the GEMV (M <= 32)
+    and in the widen-then-GEMM (M > 32) paths alike."""
     w = gguf_like(37, 64, fmt)
     use_backend("native")
     y = ops.lora_linear(torch.eye(64)[:M], pack_blocks(w))
@@ -60,7 +60,7 @@ def test_identity_rows_read_back_the_weights(fmt, M, use_backend):
 
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("fmt", SNAPS)
-@pytest.mark.parametrize("M", [1, 3, 6, 19])
+@pytest.mark.parametrize("M", [1, 3, 6, 19, 40])
 @pytest.mark.parametrize("r", [1, 64])
 def test_lora_linear_over_blocks(backend, fmt, M, r, use_backend):
     if backend == "triton" and (M, r) != (3, 1):
