@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "block_gemm_amx.h"
 #include "decode_cpu.h"
 #include "weight_reuse.h"
 
@@ -161,6 +162,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     TORCH_CHECK(bytes >= 0 && bytes <= (1 << 20), "stream look-ahead must be 0 (default) to 1 MiB, got ", bytes);
     duomem::stream_ahead_flag().store(bytes);
   }, "lora_linear's row streams: software look-ahead in bytes (0 = the tuned default), to compare");
+  m.def("set_block_gemm", [](const std::string& mode) {
+    TORCH_CHECK(mode == "amx" || mode == "widen", "block GEMM mode must be 'amx' or 'widen', got '", mode, "'");
+    duomem::block_gemm_amx_flag().store(mode == "amx");
+  }, "lora_linear over GGUF blocks with more than 32 rows: 'amx' (AMX tiles where the CPU has them, default) or "
+     "'widen' (widen to fp32, then oneDNN), to compare");
+  m.def("block_gemm", [] {
+    return duomem::block_gemm_amx_flag().load() && duomem::block_gemm_amx_available() ? "amx" : "widen";
+  }, "the path lora_linear takes over GGUF blocks with more than 32 rows: 'amx' or 'widen'");
   m.def("lora_prefetch_counts", [] { return duomem::weight_reuse().counts(); },
         "(calls decided in 'auto' mode, of which prefetched) since import");
   m.def("lora_prefetch_budget", [] { return duomem::weight_reuse().budget(); },

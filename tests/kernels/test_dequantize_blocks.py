@@ -51,7 +51,7 @@ def test_native_dequantize_is_bit_exact(fmt, use_backend):
 @pytest.mark.parametrize("M", [1, 3, 4, 5, 16, 19, 32, 33])
 def test_identity_rows_read_back_the_weights(fmt, M, use_backend):
     """x = rows of the identity: every product is w·1 or w·0, so y holds W's columns exactly, in the GEMV (M <= 32)
-    and in the widen-then-GEMM (M > 32) paths alike."""
+    and in the many-row (M > 32: AMX, d·q + m·1 is the stored w; or widen-then-GEMM) paths alike."""
     w = gguf_like(37, 64, fmt)
     use_backend("native")
     y = ops.lora_linear(torch.eye(64)[:M], pack_blocks(w))
@@ -75,6 +75,53 @@ def test_lora_linear_over_blocks(backend, fmt, M, r, use_backend):
     assert_close(ops.lora_linear(x, blocks), lora_linear_ref(x, w), torch.float32)
     xb = x.bfloat16()
     assert_close(ops.lora_linear(xb, blocks, a, b, 0.5), lora_linear_ref(xb, w, a, b, 0.5), torch.bfloat16)
+
+
+@pytest.fixture
+def block_gemm():
+    """Choose the many-row path over blocks ('amx' or 'widen'); the default is restored after."""
+    yield ops._C.set_block_gemm
+    ops._C.set_block_gemm("amx")
+
+
+@pytest.mark.skipif(not ops.HAS_NATIVE, reason="duomem_fast._C not built")
+@pytest.mark.parametrize("mode", ["amx", "widen"])
+@pytest.mark.parametrize("fmt", SNAPS)
+@pytest.mark.parametrize("M", [33, 64, 77, 130])
+def test_many_rows_over_blocks(mode, fmt, M, block_gemm, use_backend):
+    """More than 32 rows (an append, a prefill): AMX tiles over the blocks (x split exactly into three bf16 parts)
+    or the matrix widened for oneDNN. Both sum fp32 products in fp32, in different orders, so each is held to the
+    error bound of an fp32 dot product against the float64 product (x of every magnitude: a lost bit of the split
+    would show), not to elementwise agreement with one order."""
+    block_gemm(mode)
+    if ops._C.block_gemm() != mode:
+        pytest.skip("this CPU or build has no AMX-BF16")
+    use_backend("native")
+    N, K, r = 150, 160, 8  # 150: W rows in two full 64-row units and a partial one, the last 16-row tile partial
+    w = gguf_like(N, K, fmt)
+    x = torch.randn(2, M, K) * torch.logspace(-6, 6, K)  # 3-D; magnitudes far apart exercise the bf16 split
+    a, b, bias = torch.randn(r, K) / K ** 0.5, torch.randn(N, r) / r ** 0.5, torch.randn(N)
+    blocks = pack_blocks(w)
+    def f64(x, w, a=None, b=None, s=0.0, bias=None):  # the product in float64, and its sum of |terms|
+        y = x @ w.t() + (s * (x @ a.t()) @ b.t() if a is not None else 0) + (bias if bias is not None else 0)
+        return y, x.abs() @ w.abs().t() + (s * (x.abs() @ a.abs().t()) @ b.abs().t() if a is not None else 0)
+
+    for args in [(), (a, b, 0.5), (a, b, 0.5, bias)]:
+        exact, bound = f64(x.double(), w.double(), *[v.double() if torch.is_tensor(v) else v for v in args])
+        if len(args) == 4:
+            bound = bound + bias.double().abs()
+        y = ops.lora_linear(x, blocks, *args)
+        assert y.dtype == torch.float32 and y.shape == exact.shape
+        err = ((y.double() - exact).abs() / bound).max().item()
+        assert err < 2e-6, f"error {err:.2e} of the sum of |products| (fp32 eps 6e-8)"
+    xb = x[0].bfloat16()
+    assert_close(ops.lora_linear(xb, blocks, a, b, 2.0), lora_linear_ref(xb, w, a, b, 2.0), torch.bfloat16)
+
+
+@pytest.mark.skipif(not ops.HAS_NATIVE, reason="duomem_fast._C not built")
+def test_block_gemm_mode_is_checked():
+    with pytest.raises(RuntimeError, match="block GEMM mode must be 'amx' or 'widen', got 'fast'"):
+        ops._C.set_block_gemm("fast")
 
 
 @pytest.mark.skipif(not ops.HAS_NATIVE, reason="duomem_fast._C not built")
