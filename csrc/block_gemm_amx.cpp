@@ -17,17 +17,10 @@
 #include <torch/extension.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <memory>
 
+#include "amx.h"
 #include "parallel.h"
-
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
-#include <sys/syscall.h>
-#include <unistd.h>
-#define DUOMEM_AMX 1
-#endif
 
 namespace duomem {
 
@@ -38,116 +31,42 @@ using blocks::Format;
 constexpr int kGroups = 4;   // 16-row groups of x per pass (C0-C3)
 constexpr int kChunk = 64;   // W rows per unit of work: accumulators 64 x 64 fp32 (16 KiB) stay in L1
 
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-// Every tile 16 rows of 64 bytes. Loaded per unit of work: oneDNN's AMX kernels (bf16 GEMMs) configure their own.
-void load_tiles() {
-  TileConfig c;
-  for (int i = 0; i < 8; ++i) {
-    c.rows[i] = 16;
-    c.colsb[i] = 64;
-  }
-  _tile_loadconfig(&c);
-}
-
 uint16_t bf16_bits(float v) {
   uint32_t u;
   std::memcpy(&u, &v, 4);
   return static_cast<uint16_t>(u >> 16);
 }
 
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
-
 // x as B tiles: xb[((b * G + g) * 3 + j) * 512] = part j of x rows [16g, 16g + 16) over block b (rows past M zero);
 // xs[b * Mp + m] = Σ of x row m over block b. Reused by the next call on this thread.
 struct PreparedX {
-  std::unique_ptr<uint16_t[], FreeDeleter> xb;
-  std::unique_ptr<float[], FreeDeleter> xs;
-  size_t xb_cap = 0, xs_cap = 0;
+  amx::Buffer<uint16_t> xbuf;
+  amx::Buffer<float> xsbuf;
+  uint16_t* xb = nullptr;
+  float* xs = nullptr;
   int64_t G = 0, Mp = 0, nblk = 0;
 
   void reserve(int64_t nblk_, int64_t M) {
     nblk = nblk_;
     G = (M + 15) / 16;
     Mp = G * 16;
-    grow(xb, xb_cap, nblk * G * 3 * 512);
-    grow(xs, xs_cap, nblk * Mp);
-  }
-  template <class T>
-  static void grow(std::unique_ptr<T[], FreeDeleter>& p, size_t& cap, int64_t n) {
-    if (static_cast<size_t>(n) <= cap) return;
-    p.reset(static_cast<T*>(std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64)));
-    cap = n;
+    xb = xbuf.get(nblk * G * 3 * 512);
+    xs = xsbuf.get(nblk * Mp);
   }
 };
 
-// 16 x 16 transpose of 32-bit lanes in registers.
-inline void transpose16(__m512i r[16]) {
-  __m512i t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i + 0], t[4 * i + 2]);
-    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i + 0], t[4 * i + 2]);
-    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  for (int i = 0; i < 2; ++i)
-    for (int c = 0; c < 4; ++c) {
-      t[8 * i + c] = _mm512_shuffle_i32x4(r[8 * i + c], r[8 * i + 4 + c], 0x88);
-      t[8 * i + 4 + c] = _mm512_shuffle_i32x4(r[8 * i + c], r[8 * i + 4 + c], 0xDD);
-    }
-  for (int c = 0; c < 8; ++c) {
-    r[c] = _mm512_shuffle_i32x4(t[c], t[8 + c], 0x88);
-    r[8 + c] = _mm512_shuffle_i32x4(t[c], t[8 + c], 0xDD);
-  }
-}
-
 void prepare_x(const float* x, int64_t M, int64_t K, PreparedX& p) {
   p.reserve(K / blocks::kBlock, M);
-  const __m512i top = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
-  alignas(64) uint16_t odd_words[32];  // word 2i + 1 of two registers: the bf16 (upper halves) of 32 floats
-  for (int i = 0; i < 32; ++i) odd_words[i] = static_cast<uint16_t>(2 * i + 1);
-  const __m512i odd = _mm512_load_si512(odd_words);
-  auto part = [&](__m512 v0, __m512 v1) {  // bf16 pairs (k = 2kk, 2kk + 1) of 32 floats, kk = 0..15
-    return _mm512_permutex2var_epi16(_mm512_castps_si512(v0), odd, _mm512_castps_si512(v1));
-  };
-  auto hi = [&](__m512 v) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), top)); };
   for (int64_t g = 0; g < p.G; ++g) {
     const int rows = static_cast<int>(std::min<int64_t>(16, M - g * 16));
     for (int64_t b = 0; b < p.nblk; ++b) {
-      __m512i u[3][16];
-      float* xs = p.xs.get() + b * p.Mp + g * 16;
+      const float* r[16];
+      float* xs = p.xs + b * p.Mp + g * 16;
       for (int i = 0; i < 16; ++i) {
-        if (i >= rows) {
-          u[0][i] = u[1][i] = u[2][i] = _mm512_setzero_si512();
-          xs[i] = 0.f;
-          continue;
-        }
-        const float* xr = x + (g * 16 + i) * K + b * blocks::kBlock;
-        const __m512 v0 = _mm512_loadu_ps(xr), v1 = _mm512_loadu_ps(xr + 16);
-        xs[i] = _mm512_reduce_add_ps(_mm512_add_ps(v0, v1));
-        const __m512 a0 = hi(v0), a1 = hi(v1);
-        const __m512 r0 = _mm512_sub_ps(v0, a0), r1 = _mm512_sub_ps(v1, a1);  // exact: x minus its top 16 bits
-        const __m512 b0 = hi(r0), b1 = hi(r1);
-        u[0][i] = part(a0, a1);
-        u[1][i] = part(b0, b1);
-        u[2][i] = part(_mm512_sub_ps(r0, b0), _mm512_sub_ps(r1, b1));  // the last 8 bits: exact in bf16
+        r[i] = x + (g * 16 + i) * K + b * blocks::kBlock;
+        xs[i] = i < rows ? _mm512_reduce_add_ps(_mm512_add_ps(_mm512_loadu_ps(r[i]), _mm512_loadu_ps(r[i] + 16))) : 0.f;
       }
-      uint16_t* t = p.xb.get() + (b * p.G + g) * 3 * 512;
-      for (int j = 0; j < 3; ++j) {
-        transpose16(u[j]);
-        for (int kk = 0; kk < 16; ++kk) _mm512_store_si512(t + j * 512 + kk * 32, u[j][kk]);
-      }
+      amx::vnni_parts(r, rows, p.xb + (b * p.G + g) * 3 * 512);
     }
   }
 }
@@ -184,7 +103,7 @@ void tile_rows(const uint8_t* w, int64_t ldw, int64_t N, int64_t n0, const Prepa
   for (int64_t b = 0; b < p.nblk; ++b) {
     for (int i = 0; i < nr; ++i) q_row<F>(w + (n0 + i) * ldw + b * S, a + i * 32);
     _tile_loadd(4, a, 64);
-    const uint16_t* xb = p.xb.get() + (b * p.G + g0) * 3 * 512;
+    const uint16_t* xb = p.xb + (b * p.G + g0) * 3 * 512;
 #define DUOMEM_AMX_GROUP(g)                     \
   if constexpr (G > g) {                        \
     _tile_loadd(5, xb + (g * 3 + 0) * 512, 64); \
@@ -201,7 +120,7 @@ void tile_rows(const uint8_t* w, int64_t ldw, int64_t N, int64_t n0, const Prepa
     DUOMEM_AMX_GROUP(2)
     DUOMEM_AMX_GROUP(3)
 #undef DUOMEM_AMX_GROUP
-    const float* xs = p.xs.get() + b * p.Mp + g0 * 16;
+    const float* xs = p.xs + b * p.Mp + g0 * 16;
     for (int i = 0; i < nr; ++i) {
       const uint8_t* blk = w + (n0 + i) * ldw + b * S;
       const __m512 d = _mm512_set1_ps(blocks::f32_at(blk));
@@ -224,7 +143,7 @@ void unit(const uint8_t* w, int64_t ldw, int64_t N, int64_t n0, int64_t n1, cons
   std::memset(acc, 0, sizeof acc);
   const int64_t g0 = m0 / 16;
   const int G = static_cast<int>(std::min<int64_t>(kGroups, p.G - g0));
-  load_tiles();
+  amx::load_tiles();
   for (int64_t n = n0; n < n1; n += 16) {
     float* a = acc + (n - n0) * 64;
     switch (G) {
@@ -242,14 +161,7 @@ void unit(const uint8_t* w, int64_t ldw, int64_t N, int64_t n0, int64_t n1, cons
 
 }  // namespace
 
-bool block_gemm_amx_available() {
-  static const bool ok = [] {
-    if (!__builtin_cpu_supports("amx-bf16") || !__builtin_cpu_supports("amx-tile")) return false;
-    // Linux hands out the 8 KiB tile state only on request (ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); process-wide.
-    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
-  }();
-  return ok;
-}
+bool block_gemm_amx_available() { return amx::available(); }
 
 void block_gemm_amx(const uint8_t* w, int64_t ldw, blocks::Format f, int64_t N, int64_t K, const float* x, int64_t M,
                     const float* bias, float* y) {
