@@ -2,6 +2,7 @@
 // prefix_attention_cpu for its prefix pass when a KV head has at least kTiledMinRows query rows.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 
 namespace duomem {
@@ -19,5 +20,21 @@ bool tiled_attention_fits(int64_t rows, int64_t D);
 void attend_tiled(const float* const* q_rows, int64_t n, int64_t D, const float* k, const float* v, int64_t ld,
                   int64_t L, float scale, float* const* o_rows, float* const* lse_rows,
                   const int64_t* limits = nullptr, bool merge = false);
+
+// Rows per call of attend_tiled that prefix_attention_cpu hands out: the AMX path splits K and V once per call, so
+// it takes a KV head's rows of an append in one call.
+int64_t tiled_item_rows(int64_t D);
+
+// attend_tiled on AMX tiles (attention_amx.cpp): true if it ran (AMX-BF16 here, D = 64, enabled), else false and
+// nothing written.
+bool attend_amx(const float* const* q_rows, int64_t n, int64_t D, const float* k, const float* v, int64_t ld,
+                int64_t L, float scale, float* const* o_rows, float* const* lse_rows, const int64_t* limits, bool merge);
+// The AMX attention path on or off (set_attention_amx, to compare); on by default.
+std::atomic<bool>& attention_amx_flag();
+
+// The end of attend_tiled: rows' running (o, m, l) normalised into o_rows / lse_rows, or merged exactly with the
+// partial attention already there.
+void finish_rows(int64_t n, int64_t D, const float* o, const float* m, const float* l, float* const* o_rows,
+                 float* const* lse_rows, bool merge);
 
 }  // namespace duomem

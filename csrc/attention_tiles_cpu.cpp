@@ -117,6 +117,7 @@ bool tiled_attention_fits(int64_t rows, int64_t D) {
 void attend_tiled(const float* const* q_rows, int64_t n, int64_t D, const float* k, const float* v, int64_t ld,
                   int64_t L, float scale, float* const* o_rows, float* const* lse_rows, const int64_t* limits,
                   bool merge) {
+  if (attend_amx(q_rows, n, D, k, v, ld, L, scale, o_rows, lse_rows, limits, merge)) return;
 #ifdef __AVX512F__
   const int64_t npad = (n + kTileRows - 1) / kTileRows * kTileRows;
   std::vector<float> q(npad * D, 0.f), o(npad * D, 0.f), m(npad, -1e30f), l(npad, 0.f);
@@ -144,6 +145,15 @@ void attend_tiled(const float* const* q_rows, int64_t n, int64_t D, const float*
                 o.data() + r0 * D, p.data());
     }
   }
+  finish_rows(n, D, o.data(), m.data(), l.data(), o_rows, lse_rows, merge);
+#else
+  (void)q_rows, (void)n, (void)D, (void)k, (void)v, (void)ld, (void)L, (void)scale, (void)o_rows, (void)lse_rows,
+      (void)limits, (void)merge;
+#endif
+}
+
+void finish_rows(int64_t n, int64_t D, const float* o, const float* m, const float* l, float* const* o_rows,
+                 float* const* lse_rows, bool merge) {
   for (int64_t i = 0; i < n; ++i) {
     const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
     const float lb = l[i] > 0.f ? m[i] + std::log(l[i]) : -INFINITY;
@@ -160,10 +170,6 @@ void attend_tiled(const float* const* q_rows, int64_t n, int64_t D, const float*
     for (int64_t d = 0; d < D; ++d) o_rows[i][d] = ca * o_rows[i][d] + cb * o[i * D + d];
     *lse_rows[i] = den > 0.f ? mx + std::log(den) : -INFINITY;
   }
-#else
-  (void)q_rows, (void)n, (void)D, (void)k, (void)v, (void)ld, (void)L, (void)scale, (void)o_rows, (void)lse_rows,
-      (void)limits, (void)merge;
-#endif
 }
 
 }  // namespace duomem

@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "attention_tiles.h"
 #include "block_gemm_amx.h"
 #include "decode_cpu.h"
 #include "weight_reuse.h"
@@ -170,6 +171,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("block_gemm", [] {
     return duomem::block_gemm_amx_flag().load() && duomem::block_gemm_amx_available() ? "amx" : "widen";
   }, "the path lora_linear takes over GGUF blocks with more than 32 rows: 'amx' or 'widen'");
+  m.def("set_attention_amx", [](bool on) { duomem::attention_amx_flag().store(on); },
+        "attention of 48+ query rows per KV head (appends, prefills): AMX tiles where the CPU has them (True, "
+        "default) or fp32 register tiles (False), to compare");
+  m.def("attention_amx", [] { return duomem::tiled_item_rows(64) != duomem::kTiledItemRows; },
+        "whether attention of 48+ query rows per KV head with head dim 64 runs on AMX tiles");
   m.def("lora_prefetch_counts", [] { return duomem::weight_reuse().counts(); },
         "(calls decided in 'auto' mode, of which prefetched) since import");
   m.def("lora_prefetch_budget", [] { return duomem::weight_reuse().budget(); },

@@ -218,9 +218,9 @@ std::tuple<at::Tensor, at::Tensor> prefix_attention_cpu(
     const int64_t P = kp.size(0), blocks = (R + kRowsPerItem - 1) / kRowsPerItem;
     const float *pk = kp.data_ptr<float>(), *pv = vp.data_ptr<float>();
     if (tiled_attention_fits(R, D)) {
-      const int64_t chunks = (R + kTiledItemRows - 1) / kTiledItemRows;
+      const int64_t item_rows = tiled_item_rows(D), chunks = (R + item_rows - 1) / item_rows;
       parallel_items(Hkv * chunks, [&](int64_t item) {
-        const int64_t h = item / chunks, r0 = (item % chunks) * kTiledItemRows, n = std::min(kTiledItemRows, R - r0);
+        const int64_t h = item / chunks, r0 = (item % chunks) * item_rows, n = std::min(item_rows, R - r0);
         std::vector<const float*> qr(n);
         std::vector<float*> orow(n), lrow(n);
         for (int64_t i = 0; i < n; ++i) {
@@ -256,10 +256,10 @@ std::tuple<at::Tensor, at::Tensor> prefix_attention_cpu(
     const float *pk = ks.data_ptr<float>(), *pv = vs.data_ptr<float>();
     const int64_t rows = T * geo.G, blocks = (rows + kRowsPerItem - 1) / kRowsPerItem;
     if (tiled_attention_fits(rows, D)) {  // a long append: its own history and causal part as register tiles too
-      const int64_t chunks = (rows + kTiledItemRows - 1) / kTiledItemRows;
+      const int64_t item_rows = tiled_item_rows(D), chunks = (rows + item_rows - 1) / item_rows;
       parallel_items(B * Hkv * chunks, [&](int64_t item) {
-        const int64_t b = item / (Hkv * chunks), h = (item / chunks) % Hkv, r0 = (item % chunks) * kTiledItemRows;
-        const int64_t n = std::min(kTiledItemRows, rows - r0);
+        const int64_t b = item / (Hkv * chunks), h = (item / chunks) % Hkv, r0 = (item % chunks) * item_rows;
+        const int64_t n = std::min(item_rows, rows - r0);
         std::vector<const float*> qr(n);
         std::vector<float*> orow(n), lrow(n);
         std::vector<int64_t> limit(n);

@@ -46,6 +46,19 @@ def test_causal_rows_seeing_no_key_of_a_block(backend, use_backend):
     assert_close(o, prefix_attention_ref(q, kp, vp, ks, vs, lens), torch.float32)
 
 
+@pytest.fixture(params=["amx", "fp32"])
+def tiles(request):
+    """The many-row attention path: AMX tiles (head dim 64, where the CPU has them) or fp32 register tiles."""
+    if ops.backend("cpu") != "native":
+        pytest.skip("the native CPU build is absent")
+    ops._C.set_attention_amx(request.param == "amx")
+    if request.param == "amx" and not ops._C.attention_amx():
+        ops._C.set_attention_amx(True)
+        pytest.skip("this CPU or build has no AMX-BF16")
+    yield request.param
+    ops._C.set_attention_amx(True)
+
+
 @pytest.mark.skipif(ops.backend("cpu") != "native", reason="the native CPU build is absent")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,T,Hq,Hkv,D,P,S", [
@@ -53,8 +66,8 @@ def test_causal_rows_seeing_no_key_of_a_block(backend, use_backend):
     (2, 25, 16, 2, 128, 65, 30),    # D=128 (two P·V halves), 400 rows: five work items per head
     (3, 17, 4, 4, 64, 1, 17),       # one prefix key: a block of 1 key among 64
 ])
-def test_tiled_prefix_pass(dtype, B, T, Hq, Hkv, D, P, S):
-    """>= 48 query rows per KV head: the prefix pass runs as register tiles over transposed key blocks."""
+def test_tiled_prefix_pass(dtype, B, T, Hq, Hkv, D, P, S, tiles):
+    """>= 48 query rows per KV head: the prefix pass runs as tiles (AMX, or fp32 over transposed key blocks)."""
     q, kp, vp, ks, vs, lens = make(B, T, Hq, Hkv, D, P, S, dtype)
     o, lse = ops.prefix_attention(q, kp, vp, ks, vs, lens, return_lse=True)
     o_ref, lse_ref = prefix_attention_ref(q, kp, vp, ks, vs, lens, return_lse=True)
@@ -70,10 +83,11 @@ def test_tiled_prefix_pass(dtype, B, T, Hq, Hkv, D, P, S):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,T,Hq,Hkv,D,P,S,lens", [
     (2, 20, 9, 3, 64, 70, 200, [200, 150]),   # 60 rows per sequence and KV head; causal edges in 4 key blocks
+    (1, 100, 9, 3, 64, 1000, 1100, [1100]),   # a long append: 300 rows per KV head (AMX: items of 256 + 44)
     (1, 40, 9, 3, 64, 0, 129, [129]),         # suffix only (no merge): 120 rows, items of 96 + 24, 65 + 64 keys
     (2, 16, 12, 2, 128, 5, 80, [16, 80]),     # D=128; a suffix that is only its causal part (len = T)
 ])
-def test_tiled_suffix_pass(dtype, B, T, Hq, Hkv, D, P, S, lens):
+def test_tiled_suffix_pass(dtype, B, T, Hq, Hkv, D, P, S, lens, tiles):
     """>= 48 query rows per sequence and KV head: the suffix pass (history + causal part) runs as register tiles
     with a key limit per row, merged into the prefix pass through the log-sum-exps."""
     q, kp, vp, ks, vs, _ = make(B, T, Hq, Hkv, D, max(P, 1), S, dtype)
@@ -85,12 +99,26 @@ def test_tiled_suffix_pass(dtype, B, T, Hq, Hkv, D, P, S, lens):
     torch.testing.assert_close(lse, lse_ref, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("growth", ["rising", "falling"])
+def test_tiled_wide_scores(growth, tiles):
+    """Scores spanning hundreds (sharp heads): keys grow (the running max moves block after block: AMX's lazy max
+    rescales the output again and again) or shrink (most probabilities underflow). Against float64."""
+    q, kp, vp, ks, vs, _ = make(1, 30, 9, 3, 64, 700, 90, torch.float32)
+    ramp = torch.linspace(0.05, 4.0, 700)[:, None, None]
+    kp = kp * (ramp if growth == "rising" else ramp.flip(0))
+    q, lens = q * 6, torch.tensor([90])
+    o, lse = ops.prefix_attention(q, kp, vp, ks, vs, lens, return_lse=True)
+    o_ref, lse_ref = prefix_attention_ref(*(t.double() for t in (q, kp, vp, ks, vs)), lens, return_lse=True)
+    assert_close(o, o_ref.float(), torch.float32)
+    torch.testing.assert_close(lse, lse_ref.float(), atol=1e-4, rtol=1e-5)
+
+
 @pytest.mark.skipif(ops.backend("cpu") != "native", reason="the native CPU build is absent")
 @pytest.mark.parametrize("B,T,Hq,Hkv,D,P,S", [
     (1, 60, 9, 3, 64, 300, 70),   # an append: tiled prefix and suffix passes
     (16, 1, 9, 3, 64, 300, 5),    # parallel episodes decoding: row blocks
 ])
-def test_two_threads_same_bits(B, T, Hq, Hkv, D, P, S):
+def test_two_threads_same_bits(B, T, Hq, Hkv, D, P, S, tiles):
     """Work items (on ATen's threads) write disjoint rows: two threads give one thread's bits."""
     q, kp, vp, ks, vs, lens = make(B, T, Hq, Hkv, D, P, S, torch.float32)
     before = torch.get_num_threads()
