@@ -55,3 +55,36 @@ def test_blocks_same_tokens_on_reference_ops(gguf_dirs):
         assert _ours_greedy(Engine.from_pretrained(gguf_dirs["qwen3"]), ids, 12) == native
     finally:
         ops.set_backend(None)
+
+
+@pytest.fixture(scope="module")
+def amx_shaped_dir(tmp_path_factory):
+    """A tiny llama with the default model's head geometry (head dim 64, 3 query heads per KV head), in blocks: a
+    prompt of 90 tokens puts the appends on AMX's paths (more than 32 rows; 48+ query rows per KV head)."""
+    from duomem_fast.model.testing import make_tiny_model
+
+    d = make_tiny_model(tmp_path_factory.mktemp("amx_shaped") / "llama", "llama", hidden_size=192,
+                        intermediate_size=256, num_attention_heads=3, num_key_value_heads=1, head_dim=64)
+    return snap_model_to_blocks(d)
+
+
+def test_amx_paths_decode_like_transformers(amx_shaped_dir, tmp_path):
+    """Appends over AMX tiles (GEMM over the blocks with the unmerged adapter, attention) give transformers' tokens,
+    and the same tokens as the fp32 paths (blocks widened for oneDNN, fp32 register tiles)."""
+    from peft import PeftModel
+
+    adapter = make_random_adapter(amx_shaped_dir, tmp_path / "adapter", r=8, std=0.1)
+    ids = torch.randint(3, 300, (90,), generator=torch.Generator().manual_seed(0)).tolist()
+    hf = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(amx_shaped_dir), adapter).merge_and_unload()
+    ref = _hf_greedy(hf, ids, 16)
+    engine = Engine.from_pretrained(amx_shaped_dir, adapter=adapter)
+    assert _ours_greedy(engine, ids, 16, split=40) == ref
+    if ops.backend("cpu") != "native":
+        return
+    ops._C.set_block_gemm("widen")
+    ops._C.set_attention_amx(False)
+    try:
+        assert _ours_greedy(engine, ids, 16, split=40) == ref
+    finally:
+        ops._C.set_block_gemm("amx")
+        ops._C.set_attention_amx(True)
