@@ -48,7 +48,8 @@ def test_causal_rows_seeing_no_key_of_a_block(backend, use_backend):
 
 @pytest.fixture(params=["amx", "fp32"])
 def tiles(request):
-    """The many-row attention path: AMX tiles (head dim 64, where the CPU has them) or fp32 register tiles."""
+    """The many-row attention path: AMX tiles (head dim 64, 96+ rows, where the CPU has them) or fp32 register
+    tiles."""
     if ops.backend("cpu") != "native":
         pytest.skip("the native CPU build is absent")
     ops._C.set_attention_amx(request.param == "amx")
@@ -63,6 +64,7 @@ def tiles(request):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,T,Hq,Hkv,D,P,S", [
     (1, 19, 9, 3, 64, 131, 40),     # 57 rows per KV head: one work item, a last tile of 3 rows, 3 keys past 128
+    (1, 45, 9, 3, 64, 300, 50),     # 135 rows: AMX tiles where the CPU has them (96+ rows), a last group of 7
     (2, 25, 16, 2, 128, 65, 30),    # D=128 (two P·V halves), 400 rows: five work items per head
     (3, 17, 4, 4, 64, 1, 17),       # one prefix key: a block of 1 key among 64
 ])
@@ -103,7 +105,7 @@ def test_tiled_suffix_pass(dtype, B, T, Hq, Hkv, D, P, S, lens, tiles):
 def test_tiled_wide_scores(growth, tiles):
     """Scores spanning hundreds (sharp heads): keys grow (the running max moves block after block: AMX's lazy max
     rescales the output again and again) or shrink (most probabilities underflow). Against float64."""
-    q, kp, vp, ks, vs, _ = make(1, 30, 9, 3, 64, 700, 90, torch.float32)
+    q, kp, vp, ks, vs, _ = make(1, 40, 9, 3, 64, 700, 90, torch.float32)  # 120 rows per KV head
     ramp = torch.linspace(0.05, 4.0, 700)[:, None, None]
     kp = kp * (ramp if growth == "rising" else ramp.flip(0))
     q, lens = q * 6, torch.tensor([90])
