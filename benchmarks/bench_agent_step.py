@@ -16,12 +16,12 @@ greedily (EOS ignored, so every engine does the same work). Engines, in one proc
                          values, a fifth of the bytes)
   5. ours merged         duomem_fast Engine, adapter merged (merged weights are no longer blocks: fp32 matrices)
   extra rows: ours unmerged with the base weights as fp32 matrices (--fp32-row: the engine before the blocks), ours
-  unmerged with the blocks widened to fp32 for the appends' GEMMs instead of AMX tiles (--widen-row), ours unmerged
-  with the eager layer loop (fused_decode=False: the decode step before ops.decode_step; --eager-row), ours merged
-  with one-row GEMVs in 8-row blocks (the decode GEMV before the single-row stream; --blocks-row), ours with --batch
-  sessions decoding together (times per session), ours with greedy prompt-lookup drafts (--lookahead; exact greedy,
-  so it faces the same gate), ours with bf16 projection weights under fp32 activations and KV (--wbf16, unmerged and
-  merged: the agents' default; same gate), ours all in bf16 (--bf16)
+  unmerged without AMX tiles (blocks widened to fp32 for oneDNN's GEMM, fp32 attention tiles: --amx-row), ours
+  unmerged with the eager layer loop (fused_decode=False: the decode step before ops.decode_step; --eager-row), ours
+  merged with one-row GEMVs in 8-row blocks (the decode GEMV before the single-row stream; --blocks-row), ours with
+  --batch sessions decoding together (times per session), ours with greedy prompt-lookup drafts (--lookahead; exact
+  greedy, so it faces the same gate), ours with bf16 projection weights under fp32 activations and KV (--wbf16,
+  unmerged and merged: the agents' default; same gate), ours all in bf16 (--bf16)
 Rows 2-5 and the extra rows run interleaved, one step each in turn, so their ratios do not ride on the shared
 box's drift during the run; row 1 (re-encoding, on a few steps) runs after them on the reference's histories.
 Correctness gate first: each engine's greedy tokens must equal transformers' with the adapter merged (engine 2) on
@@ -103,23 +103,26 @@ class OursBlocks(Ours):
             ops._C.set_lora_single_row_stream(True)
 
 
-class OursWiden(Ours):
-    """Ours with the blocks widened to fp32 for oneDNN's GEMM in prefills and appends instead of AMX tiles over the
-    blocks (stop 18's engine; a global switch of the native build, set around this row's prefill and steps only)."""
+class OursNoAMX(Ours):
+    """Ours without AMX tiles: the blocks widened to fp32 for oneDNN's GEMM in prefills and appends, attention on fp32
+    register tiles (stop 18's engine; global switches of the native build, set around this row's prefill and steps
+    only)."""
 
-    def _widen(self, fn, *args):
+    def _fp32(self, fn, *args):
         from duomem_fast import ops
         ops._C.set_block_gemm("widen")
+        ops._C.set_attention_amx(False)
         try:
             return fn(*args)
         finally:
             ops._C.set_block_gemm("amx")
+            ops._C.set_attention_amx(True)
 
     def start(self, playbook):
-        return self._widen(super().start, playbook)
+        return self._fp32(super().start, playbook)
 
     def step(self, obs, n):
-        return self._widen(super().step, obs, n)
+        return self._fp32(super().step, obs, n)
 
 
 class OursBatch(Ours):
@@ -216,8 +219,8 @@ def _our_rows(args, adapter) -> tuple[dict, dict]:
     engines = {"ours unmerged": make(merge_lora=False), "ours merged": make(merge_lora=True)}
     if args.fp32_row:  # the base weights as fp32 matrices rather than their exact GGUF blocks (model/blocks.py)
         engines["ours unmerged, fp32 matrices"] = make(merge_lora=False, block_weights=False)
-    if args.widen_row:  # appends and prefills on the blocks widened for oneDNN, not AMX tiles (block_gemm_amx.cpp)
-        engines["ours unmerged, widened for appends"] = make(merge_lora=False)
+    if args.amx_row:  # appends and prefills without AMX tiles (block_gemm_amx.cpp, attention_amx.cpp)
+        engines["ours unmerged, no AMX"] = make(merge_lora=False)
     if args.eager_row:
         engines["ours unmerged eager layers"] = make(merge_lora=False, fused_decode=False)
     if args.blocks_row:
@@ -234,7 +237,7 @@ def _our_rows(args, adapter) -> tuple[dict, dict]:
                 merge_lora=True, weight_dtype="bfloat16", lookahead=args.lookahead)
     if args.bf16:
         engines["ours merged bf16"] = make(merge_lora=True, dtype="bfloat16")
-    kinds = {"batch": lambda e: OursBatch(e, args.batch), "8-row": OursBlocks, "widened": OursWiden}
+    kinds = {"batch": lambda e: OursBatch(e, args.batch), "8-row": OursBlocks, "no AMX": OursNoAMX}
     runners = {name: next((make_runner for key, make_runner in kinds.items() if key in name), Ours)(e)
                for name, e in engines.items()}
     return engines, runners
@@ -408,8 +411,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, default=4, help="also run this many sessions decoding as one batch (0: off)")
     p.add_argument("--lookahead", type=int, default=4, help="also run ours with prompt-lookup drafts (0: off)")
-    p.add_argument("--widen-row", action=argparse.BooleanOptionalAction, default=True,
-                   help="also run ours unmerged with the blocks widened to fp32 for appends (before AMX tiles)")
+    p.add_argument("--amx-row", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run ours unmerged without AMX tiles (blocks widened for oneDNN, fp32 attention tiles)")
     p.add_argument("--eager-row", action=argparse.BooleanOptionalAction, default=True,
                    help="also run ours unmerged with the eager layer loop (fused_decode=False)")
     p.add_argument("--blocks-row", action=argparse.BooleanOptionalAction, default=True,
