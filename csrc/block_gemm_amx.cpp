@@ -30,6 +30,7 @@ namespace {
 using blocks::Format;
 constexpr int kGroups = 4;   // 16-row groups of x per pass (C0-C3)
 constexpr int kChunk = 64;   // W rows per unit of work: accumulators 64 x 64 fp32 (16 KiB) stay in L1
+constexpr int kAhead = 8;    // blocks of look-ahead on each W row
 
 uint16_t bf16_bits(float v) {
   uint32_t u;
@@ -101,6 +102,8 @@ void tile_rows(const uint8_t* w, int64_t ldw, int64_t N, int64_t n0, const Prepa
   const int nr = static_cast<int>(std::min<int64_t>(16, N - n0));
   if (nr < 16) std::memset(a, 0, sizeof a);
   for (int64_t b = 0; b < p.nblk; ++b) {
+    if (b + kAhead < p.nblk)  // 16 rows are 16 streams: more than the prefetchers follow, so ask for them
+      for (int i = 0; i < nr; ++i) _mm_prefetch(reinterpret_cast<const char*>(w + (n0 + i) * ldw + (b + kAhead) * S), _MM_HINT_T0);
     for (int i = 0; i < nr; ++i) q_row<F>(w + (n0 + i) * ldw + b * S, a + i * 32);
     _tile_loadd(4, a, 64);
     const uint16_t* xb = p.xb + (b * p.G + g0) * 3 * 512;
@@ -154,9 +157,20 @@ void unit(const uint8_t* w, int64_t ldw, int64_t N, int64_t n0, int64_t n1, cons
     }
   }
   _tile_release();
+  // acc is (W row, x row): out to y (x row, W row) in 16 x 16 register transposes, bias added along the way
   const int64_t me = std::min(M, m0 + 64);
-  for (int64_t m = m0; m < me; ++m)
-    for (int64_t n = n0; n < n1; ++n) y[m * N + n] = acc[(n - n0) * 64 + (m - m0)] + (bias ? bias[n] : 0.f);
+  for (int64_t j = n0; j < n1; j += 16) {
+    const int nn = static_cast<int>(std::min<int64_t>(16, n1 - j));
+    const __mmask16 keep = static_cast<__mmask16>((1u << nn) - 1u);
+    const __m512 bv = bias ? _mm512_maskz_loadu_ps(keep, bias + j) : _mm512_setzero_ps();
+    for (int64_t g = m0; g < me; g += 16) {
+      __m512i r[16];
+      for (int i = 0; i < 16; ++i) r[i] = _mm512_load_si512(acc + (j - n0 + i) * 64 + (g - m0));
+      amx::transpose16(r);
+      for (int64_t m = g; m < std::min(me, g + 16); ++m)
+        _mm512_mask_storeu_ps(y + m * N + j, keep, _mm512_add_ps(_mm512_castsi512_ps(r[m - g]), bv));
+    }
+  }
 }
 
 }  // namespace
