@@ -115,8 +115,8 @@ class OursNoAMX(Ours):
         try:
             return fn(*args)
         finally:
-            ops._C.set_block_gemm("amx")
-            ops._C.set_attention_amx(True)
+            ops._C.set_block_gemm("amx")  # the defaults
+            ops._C.set_attention_amx(False)
 
     def start(self, playbook):
         return self._fp32(super().start, playbook)

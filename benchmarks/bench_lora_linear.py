@@ -1,7 +1,7 @@
 """Benchmark lora_linear on CPU: ours (C++ via duomem_fast.ops) against torch unfused, torch with the adapter merged,
 and peft's LoRA `Linear` forward, on the default model's shapes (and its fused q/k/v, gate/up) and Qwen3-4B's.
 
-    python benchmarks/bench_lora_linear.py [--quick] [--dtype float32|bfloat16] [--mode hot|cold|both]
+    python benchmarks/bench_lora_linear.py [--quick] [--dtype float32|bfloat16] [--mode hot|cold|both] [--ms M ...]
                                            [--prefetch auto|always|never] [--gguf] [--json runs/bench_lora_linear.json]
 
 Two cache regimes, applied alike to every implementation:
@@ -166,8 +166,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="C++ lora_linear's next-block prefetch (default auto)")
     p.add_argument("--gguf", action="store_true",
                    help="W on the default model's GGUF grid (Q4_1; Q8_0 for lm_head), plus ours over its blocks")
+    p.add_argument("--ms", type=int, nargs="+", default=None, metavar="M",
+                   help="rows of x to run (default: 1 4 with --quick, else 1 4 16 64); e.g. --ms 64 for an append")
     p.add_argument("--json", default=None, help="write rows + machine info here")
     args = p.parse_args(argv)
+    if args.ms and min(args.ms) < 1:
+        p.error(f"--ms must be positive, got {args.ms}")
     if args.gguf and args.dtype != "float32":
         p.error("--gguf packs fp32 matrices: use it with --dtype float32")
     if args.threads:
@@ -179,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     dtype = getattr(torch, args.dtype)
     modes = MODES if args.mode == "both" else (args.mode,)
     if args.quick:
-        rows = run(DEFAULT_SHAPES, [1, 4], [16], dtype, args.reps, modes, args.rounds, args.gguf)
+        rows = run(DEFAULT_SHAPES, args.ms or [1, 4], [16], dtype, args.reps, modes, args.rounds, args.gguf)
     else:
-        rows = run(DEFAULT_SHAPES + QWEN_SHAPES, MS, RANKS, dtype, args.reps, modes, args.rounds, args.gguf)
+        rows = run(DEFAULT_SHAPES + QWEN_SHAPES, args.ms or MS, RANKS, dtype, args.reps, modes, args.rounds, args.gguf)
     for mode in modes:
         print(f"\n{mode}:")
         print_table([r for r in rows if r["mode"] == mode], _columns(rows[0]))

@@ -29,7 +29,7 @@ int64_t tiled_item_rows(int64_t D);
 // nothing written.
 bool attend_amx(const float* const* q_rows, int64_t n, int64_t D, const float* k, const float* v, int64_t ld,
                 int64_t L, float scale, float* const* o_rows, float* const* lse_rows, const int64_t* limits, bool merge);
-// The AMX attention path on or off (set_attention_amx, to compare); on by default.
+// The AMX attention path on or off (set_attention_amx); off by default (attention_amx.cpp says why).
 std::atomic<bool>& attention_amx_flag();
 
 // The end of attend_tiled: rows' running (o, m, l) normalised into o_rows / lse_rows, or merged exactly with the

@@ -172,8 +172,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return duomem::block_gemm_amx_flag().load() && duomem::block_gemm_amx_available() ? "amx" : "widen";
   }, "the path lora_linear takes over GGUF blocks with more than 32 rows: 'amx' or 'widen'");
   m.def("set_attention_amx", [](bool on) { duomem::attention_amx_flag().store(on); },
-        "attention of 48+ query rows per KV head (appends, prefills): AMX tiles where the CPU has them (True, "
-        "default) or fp32 register tiles (False), to compare");
+        "attention of 96+ query rows per KV head with head dim 64 (appends, prefills): AMX tiles where the CPU has "
+        "them (True) or fp32 register tiles (False, default)");
   m.def("attention_amx", [] { return duomem::tiled_item_rows(64) != duomem::kTiledItemRows; },
         "whether attention of 48+ query rows per KV head with head dim 64 runs on AMX tiles");
   m.def("lora_prefetch_counts", [] { return duomem::weight_reuse().counts(); },

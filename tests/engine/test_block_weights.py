@@ -69,8 +69,8 @@ def amx_shaped_dir(tmp_path_factory):
 
 
 def test_amx_paths_decode_like_transformers(amx_shaped_dir, tmp_path):
-    """Appends over AMX tiles (GEMM over the blocks with the unmerged adapter, attention) give transformers' tokens,
-    and the same tokens as the fp32 paths (blocks widened for oneDNN, fp32 register tiles)."""
+    """Appends over AMX tiles (GEMM over the blocks with the unmerged adapter; attention, opt-in) give transformers'
+    tokens, and the same tokens as the fp32 paths (blocks widened for oneDNN, fp32 register tiles)."""
     from peft import PeftModel
 
     adapter = make_random_adapter(amx_shaped_dir, tmp_path / "adapter", r=8, std=0.1)
@@ -78,13 +78,15 @@ def test_amx_paths_decode_like_transformers(amx_shaped_dir, tmp_path):
     hf = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(amx_shaped_dir), adapter).merge_and_unload()
     ref = _hf_greedy(hf, ids, 16)
     engine = Engine.from_pretrained(amx_shaped_dir, adapter=adapter)
-    assert _ours_greedy(engine, ids, 16, split=40) == ref
+    assert _ours_greedy(engine, ids, 16, split=40) == ref  # the defaults: AMX GEMM, fp32 attention tiles
     if ops.backend("cpu") != "native":
         return
-    ops._C.set_block_gemm("widen")
-    ops._C.set_attention_amx(False)
     try:
+        ops._C.set_attention_amx(True)  # opt-in
+        assert _ours_greedy(engine, ids, 16, split=40) == ref
+        ops._C.set_block_gemm("widen")
+        ops._C.set_attention_amx(False)
         assert _ours_greedy(engine, ids, 16, split=40) == ref
     finally:
         ops._C.set_block_gemm("amx")
-        ops._C.set_attention_amx(True)
+        ops._C.set_attention_amx(False)

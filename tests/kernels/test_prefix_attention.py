@@ -54,10 +54,10 @@ def tiles(request):
         pytest.skip("the native CPU build is absent")
     ops._C.set_attention_amx(request.param == "amx")
     if request.param == "amx" and not ops._C.attention_amx():
-        ops._C.set_attention_amx(True)
+        ops._C.set_attention_amx(False)
         pytest.skip("this CPU or build has no AMX-BF16")
     yield request.param
-    ops._C.set_attention_amx(True)
+    ops._C.set_attention_amx(False)  # the default
 
 
 @pytest.mark.skipif(ops.backend("cpu") != "native", reason="the native CPU build is absent")
