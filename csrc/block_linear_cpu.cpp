@@ -131,34 +131,6 @@ at::Tensor widen_scratch(const at::Tensor& w) {
   return out;
 }
 
-// Many rows on AMX tiles: the base product over the blocks, then the LoRA expand as one small GEMM on top.
-at::Tensor amx_lora_linear(const at::Tensor& x, const at::Tensor& weight, Format f,
-                           const c10::optional<at::Tensor>& lora_a, const c10::optional<at::Tensor>& lora_b,
-                           double scale, const c10::optional<at::Tensor>& bias) {
-  const int64_t N = weight.size(0), K = weight.size(1) * blocks::kBlock, M = x.numel() / K;
-  const at::Tensor w = weight.is_contiguous() ? weight : weight.contiguous();
-  const at::Tensor xf = x.reshape({M, K}).to(at::kFloat).contiguous();
-  at::Tensor bf;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->numel() == N, "bias must have N=", N, " elements, got ", bias->numel());
-    bf = bias->to(at::kFloat).contiguous();
-  }
-  at::Tensor y = at::empty({M, N}, xf.options());
-  block_gemm_amx(w.data_ptr<uint8_t>(), w.stride(0), f, N, K, xf.data_ptr<float>(), M,
-                 bf.defined() ? bf.data_ptr<float>() : nullptr, y.data_ptr<float>());
-  if (lora_a.has_value() && lora_a->defined()) {
-    TORCH_CHECK(lora_b.has_value() && lora_b->defined(), "lora_b is required with lora_a");
-    TORCH_CHECK(lora_a->size(1) == K && lora_b->dim() == 2 && lora_b->size(0) == N &&
-                    lora_b->size(1) == lora_a->size(0),
-                "lora shapes: lora_a ", lora_a->sizes(), ", lora_b ", lora_b->sizes(), " do not fit K=", K, " N=", N);
-    y.addmm_(at::mm(xf, lora_a->t()), lora_b->t(), 1.0, scale);
-  }
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
-  shape.push_back(N);
-  y = y.view(shape);
-  return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
-}
-
 }  // namespace
 
 void dequantize_blocks_into(const at::Tensor& w, at::Tensor& out) {
@@ -197,22 +169,18 @@ at::Tensor block_lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
   const bool fp32_lora = !lora || (lora_a->scalar_type() == at::kFloat && lora_b.has_value() &&
                                    lora_b->defined() && lora_b->scalar_type() == at::kFloat && lora_a->dim() == 2);
   const bool plain = !multi && fp32_lora && !(scales.has_value() && scales->defined()) && M > 0;
-  if (plain && M > kMaxGemvRows && block_gemm_amx_flag().load() && block_gemm_amx_available())
-    return amx_lora_linear(x, weight, f, lora_a, lora_b, scale, bias);
-  if (M > kMaxGemvRows || !plain)
+  const bool amx = M > kMaxGemvRows && block_gemm_amx_flag().load() && block_gemm_amx_available();
+  if ((M > kMaxGemvRows && !amx) || !plain)
     return lora_linear_cpu(x, widen_scratch(weight), lora_a, lora_b, scale, scales, bias, adapter_ids);
   at::Tensor w = weight.stride(2) == 1 && weight.stride(1) == weight.size(2) ? weight : weight.contiguous();
   at::Tensor xf = x.reshape({M, K}).to(at::kFloat).contiguous();
-  at::Tensor t, B, bf;
   if (lora) {
     TORCH_CHECK(lora_b.has_value() && lora_b->defined(), "lora_b is required with lora_a");
     TORCH_CHECK(lora_a->size(1) == K && lora_b->dim() == 2 && lora_b->size(0) == N &&
                     lora_b->size(1) == lora_a->size(0),
                 "lora shapes: lora_a ", lora_a->sizes(), ", lora_b ", lora_b->sizes(), " do not fit K=", K, " N=", N);
-    t = lora_linear_cpu(xf, *lora_a, c10::nullopt, c10::nullopt, 1.0, c10::nullopt, c10::nullopt, c10::nullopt)
-            .mul_(static_cast<float>(scale));
-    B = lora_b->contiguous();
   }
+  at::Tensor bf;
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->numel() == N, "bias must have N=", N, " elements, got ", bias->numel());
     bf = bias->to(at::kFloat).contiguous();
@@ -220,6 +188,18 @@ at::Tensor block_lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
   shape.push_back(N);
   at::Tensor y = at::empty(shape, xf.options());
+  if (amx) {  // many rows on AMX tiles over the blocks, the LoRA delta as two thin GEMMs on top
+    block_gemm_amx(w.data_ptr<uint8_t>(), w.stride(0), f, N, K, xf.data_ptr<float>(), M,
+                   bf.defined() ? bf.data_ptr<float>() : nullptr, y.data_ptr<float>());
+    if (lora) y.view({M, N}).addmm_(at::mm(xf, lora_a->t()), lora_b->t(), 1.0, scale);
+    return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
+  }
+  at::Tensor t, B;
+  if (lora) {
+    t = lora_linear_cpu(xf, *lora_a, c10::nullopt, c10::nullopt, 1.0, c10::nullopt, c10::nullopt, c10::nullopt)
+            .mul_(static_cast<float>(scale));
+    B = lora_b->contiguous();
+  }
   const Call c{w.data_ptr<uint8_t>(), w.stride(0), nblk, N, xf.data_ptr<float>(), M, K,
                lora ? B.data_ptr<float>() : nullptr, lora ? t.data_ptr<float>() : nullptr,
                lora ? B.size(1) : 0, bf.defined() ? bf.data_ptr<float>() : nullptr, y.data_ptr<float>(),
