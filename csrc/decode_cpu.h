@@ -1,5 +1,6 @@
 // Decode-step kernels on CPU (one new token per sequence): the attention of those rows over KV segments, and the
-// whole decoder-layer stack in one call (decode_step_cpu.cpp). fp32 throughout.
+// whole decoder-layer stack in one call for decode rows or one session's appended tokens (decode_step_cpu.cpp).
+// fp32 throughout.
 #pragma once
 
 #include <torch/extension.h>
@@ -38,6 +39,16 @@ at::Tensor decode_step_cpu(const at::Tensor& x, at::TensorList weights, const c1
                            const at::Tensor& cos, const at::Tensor& sin, const c10::optional<at::Tensor>& k_prefix,
                            const c10::optional<at::Tensor>& v_prefix, const at::Tensor& own_k, const at::Tensor& own_v,
                            at::IntArrayRef own_start, double eps);
+at::Tensor append_step_cpu(const at::Tensor& x, at::TensorList weights, const c10::List<c10::optional<at::Tensor>>& extras,
+                           const at::Tensor& cos, const at::Tensor& sin, const c10::optional<at::Tensor>& k_prefix,
+                           const c10::optional<at::Tensor>& v_prefix, const at::Tensor& own_k, const at::Tensor& own_v,
+                           int64_t own_start, double eps);
+
+// From prefix_attention_cpu.cpp: (o, lse) of q (B, T, Hq, D) over a shared prefix and each sequence's causal suffix.
+std::tuple<at::Tensor, at::Tensor> prefix_attention_cpu(
+    const at::Tensor& q, const c10::optional<at::Tensor>& k_prefix, const c10::optional<at::Tensor>& v_prefix,
+    const c10::optional<at::Tensor>& k_suffix, const c10::optional<at::Tensor>& v_suffix,
+    const c10::optional<at::Tensor>& suffix_lens, double scale);
 
 // From lora_linear_cpu.cpp.
 at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& lora_a,

@@ -140,6 +140,78 @@ Layer unpack(at::TensorList w, const c10::List<Opt>& e, int64_t i) {
   return L;
 }
 
+// Attention half of an append, in place on one session's qkv (T, (Hq + 2 Hkv) D): token t sits at own position
+// start + t of own_k/own_v (1, cap, Hkv, D); writes its KV there and attends to the prefix (P, Hkv, D; undefined:
+// none) and own rows [0, start + t] (prefix_attention_cpu, on register or AMX tiles from kTiledMinRows rows per KV
+// head). Returns a (T, Hq D).
+at::Tensor append_attention(const Geometry& g, const Layer& L, at::Tensor& qkv, const float* cos, const float* sin,
+                            const at::Tensor& kp, const at::Tensor& vp, const at::Tensor& own_k,
+                            const at::Tensor& own_v, int64_t start) {
+  const int64_t T = g.B, D = g.D, width = (g.Hq + 2 * g.Hkv) * D, kv = g.Hkv * D;
+  float *ok = own_k.data_ptr<float>() + start * kv, *ov = own_v.data_ptr<float>() + start * kv;
+  for (int64_t t = 0; t < T; ++t) {
+    float* row = qkv.data_ptr<float>() + t * width;
+    for (int64_t h = 0; h < g.Hq + g.Hkv; ++h) {
+      float* x = row + h * D;
+      if (L.q_norm.has_value()) rms_norm(x, (h < g.Hq ? *L.q_norm : *L.k_norm).data_ptr<float>(), D, g.eps, x);
+      rope(x, cos + t * D, sin + t * D, D);
+    }
+    std::copy_n(row + g.Hq * D, kv, ok + t * kv);
+    std::copy_n(row + g.Hq * D + kv, kv, ov + t * kv);
+  }
+  const at::Tensor q = qkv.narrow(1, 0, g.Hq * D).reshape({1, T, g.Hq, D});
+  const Opt none;
+  auto [a, lse] = prefix_attention_cpu(q, kp.defined() ? Opt(kp) : none, vp.defined() ? Opt(vp) : none,
+                                       own_k.narrow(1, 0, start + T), own_v.narrow(1, 0, start + T), none,
+                                       1.0 / std::sqrt(static_cast<double>(D)));
+  return a.view({T, g.Hq * D});
+}
+
+// What decode_step and append_step share: the layer count, geometry, the prefix KV laid out (L, P, Hkv, D).
+struct Stack {
+  int64_t nl;
+  Geometry g;
+  at::Tensor kp, vp;  // undefined without a prefix
+  int64_t P;
+};
+
+Stack check_stack(const char* op, const at::Tensor& x, at::TensorList weights, const c10::List<Opt>& extras,
+                  const at::Tensor& cos, const at::Tensor& sin, const Opt& k_prefix, const Opt& v_prefix,
+                  const at::Tensor& own_k, const at::Tensor& own_v, int64_t sessions, double eps) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, op, ": x must be fp32 (rows, H), got ", x.sizes());
+  const int64_t nl = static_cast<int64_t>(weights.size()) / kWeights;
+  TORCH_CHECK(static_cast<int64_t>(weights.size()) == nl * kWeights && static_cast<int64_t>(extras.size()) == nl * kExtras,
+              op, " needs 6 weights and 14 extras per layer, got ", weights.size(), " and ", extras.size());
+  TORCH_CHECK(own_k.dim() == 5 && own_k.size(0) == nl && own_k.size(1) == sessions && own_v.sizes() == own_k.sizes()
+                  && own_k.scalar_type() == at::kFloat && own_v.scalar_type() == at::kFloat,
+              op, ": own_k/own_v must be fp32 (L=", nl, ", B=", sessions, ", cap, Hkv, D), got ", own_k.sizes());
+  TORCH_CHECK(own_k.is_contiguous() && own_v.is_contiguous(), op, ": own_k/own_v must be contiguous");
+  const int64_t rows = x.size(0), Hkv = own_k.size(3), D = own_k.size(4);
+  const int64_t Hq = nl ? (weights[1].size(0) / D - 2 * Hkv) : 0;
+  TORCH_CHECK(cos.sizes() == at::IntArrayRef({rows, D}) && sin.sizes() == cos.sizes() && cos.scalar_type() == at::kFloat,
+              op, ": cos/sin must be fp32 (rows=", rows, ", D=", D, "), got ", cos.sizes());
+  TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous(), op, ": cos/sin must be contiguous");
+  Stack s{nl, Geometry{rows, x.size(1), Hq, Hkv, D, static_cast<float>(eps)}, {}, {}, 0};
+  if (k_prefix.has_value() && k_prefix->defined() && k_prefix->size(1) > 0) {
+    const auto packed = [&](const at::Tensor& t) {
+      return t.stride(3) == 1 && t.stride(2) == D && t.stride(1) == Hkv * D ? t : t.contiguous();
+    };
+    s.kp = packed(*k_prefix), s.vp = packed(*v_prefix);
+    TORCH_CHECK(s.kp.dim() == 4 && s.kp.size(0) == nl && s.kp.size(2) == Hkv && s.kp.size(3) == D &&
+                    s.vp.sizes() == s.kp.sizes() && s.kp.scalar_type() == at::kFloat && s.vp.scalar_type() == at::kFloat,
+                op, ": k/v_prefix must be fp32 (L=", nl, ", P, Hkv=", Hkv, ", D=", D, "), got ", k_prefix->sizes());
+    s.P = s.kp.size(1);
+  }
+  return s;
+}
+
+at::Tensor ln_attn(const Geometry& g, const Layer& L, const at::Tensor& x) {
+  at::Tensor h = at::empty_like(x);
+  for (int64_t b = 0; b < g.B; ++b)
+    rms_norm(x.data_ptr<float>() + b * g.H, L.ln_attn.data_ptr<float>(), g.H, g.eps, h.data_ptr<float>() + b * g.H);
+  return h;
+}
+
 }  // namespace
 
 // x (B, H) fp32, one new token per row. weights: 6 per layer (ln_attn, qkv (q+2kv, H), o, ln_mlp, gate_up (2I, H),
@@ -150,46 +222,46 @@ Layer unpack(at::TensorList w, const c10::List<Opt>& e, int64_t i) {
 at::Tensor decode_step_cpu(const at::Tensor& x, at::TensorList weights, const c10::List<Opt>& extras,
                            const at::Tensor& cos, const at::Tensor& sin, const Opt& k_prefix, const Opt& v_prefix,
                            const at::Tensor& own_k, const at::Tensor& own_v, at::IntArrayRef own_start, double eps) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be fp32 (B, H), got ", x.sizes());
-  const int64_t nl = static_cast<int64_t>(weights.size()) / kWeights;
-  TORCH_CHECK(static_cast<int64_t>(weights.size()) == nl * kWeights && static_cast<int64_t>(extras.size()) == nl * kExtras,
-              "decode_step needs 6 weights and 14 extras per layer, got ", weights.size(), " and ", extras.size());
-  TORCH_CHECK(own_k.dim() == 5 && own_k.size(0) == nl && own_k.size(1) == x.size(0) && own_v.sizes() == own_k.sizes()
-                  && own_k.scalar_type() == at::kFloat && own_v.scalar_type() == at::kFloat,
-              "own_k/own_v must be fp32 (L=", nl, ", B=", x.size(0), ", cap, Hkv, D), got ", own_k.sizes());
-  TORCH_CHECK(own_k.is_contiguous() && own_v.is_contiguous(), "own_k/own_v must be contiguous");
-  const int64_t B = x.size(0), Hkv = own_k.size(3), D = own_k.size(4), cap = own_k.size(2);
-  const int64_t Hq = nl ? (weights[1].size(0) / D - 2 * Hkv) : 0;
-  Geometry g{B, x.size(1), Hq, Hkv, D, static_cast<float>(eps)};
-  TORCH_CHECK(cos.sizes() == at::IntArrayRef({B, D}) && sin.sizes() == cos.sizes() && cos.scalar_type() == at::kFloat,
-              "cos/sin must be fp32 (B=", B, ", D=", D, "), got ", cos.sizes());
-  TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous(), "cos/sin must be contiguous");
+  const Stack s = check_stack("decode_step", x, weights, extras, cos, sin, k_prefix, v_prefix, own_k, own_v,
+                              x.dim() == 2 ? x.size(0) : -1, eps);
+  const Geometry& g = s.g;
+  const int64_t B = g.B, cap = own_k.size(2), ld_b = cap * g.Hkv * g.D;
   TORCH_CHECK(static_cast<int64_t>(own_start.size()) == B, "own_start must have B=", B, " entries");
   for (int64_t b = 0; b < B; ++b)
     TORCH_CHECK(own_start[b] >= 0 && own_start[b] < cap, "own_start[", b, "]=", own_start[b], " outside [0, ", cap, ")");
-  const bool has_p = k_prefix.has_value() && k_prefix->defined() && k_prefix->size(1) > 0;
-  at::Tensor kp, vp;
-  if (has_p) {
-    kp = k_prefix->stride(3) == 1 && k_prefix->stride(2) == D && k_prefix->stride(1) == Hkv * D ? *k_prefix
-                                                                                                 : k_prefix->contiguous();
-    vp = v_prefix->stride(3) == 1 && v_prefix->stride(2) == D && v_prefix->stride(1) == Hkv * D ? *v_prefix
-                                                                                                 : v_prefix->contiguous();
-    TORCH_CHECK(kp.dim() == 4 && kp.size(0) == nl && kp.size(2) == Hkv && kp.size(3) == D && vp.sizes() == kp.sizes() &&
-                    kp.scalar_type() == at::kFloat && vp.scalar_type() == at::kFloat,
-                "k/v_prefix must be fp32 (L=", nl, ", P, Hkv=", Hkv, ", D=", D, "), got ", k_prefix->sizes());
-  }
-  const int64_t P = has_p ? kp.size(1) : 0, ld_b = cap * Hkv * D;
-  at::Tensor h = at::empty_like(x), cur = x.contiguous();
-  for (int64_t i = 0; i < nl; ++i) {
+  at::Tensor cur = x.contiguous();
+  for (int64_t i = 0; i < s.nl; ++i) {
     const Layer L = unpack(weights, extras, i);
-    for (int64_t b = 0; b < B; ++b)
-      rms_norm(cur.data_ptr<float>() + b * g.H, L.ln_attn.data_ptr<float>(), g.H, g.eps, h.data_ptr<float>() + b * g.H);
-    at::Tensor qkv = linear(h, L.qkv, L.bias[0], L.lora_a[0], L.lora_b[0]);
-    const float* kpi = has_p ? kp.data_ptr<float>() + i * kp.stride(0) : nullptr;
-    const float* vpi = has_p ? vp.data_ptr<float>() + i * vp.stride(0) : nullptr;
-    at::Tensor a = attention(g, L, qkv, cos.data_ptr<float>(), sin.data_ptr<float>(), kpi, vpi, Hkv * D, P,
+    at::Tensor qkv = linear(ln_attn(g, L, cur), L.qkv, L.bias[0], L.lora_a[0], L.lora_b[0]);
+    const float* kpi = s.P ? s.kp.data_ptr<float>() + i * s.kp.stride(0) : nullptr;
+    const float* vpi = s.P ? s.vp.data_ptr<float>() + i * s.vp.stride(0) : nullptr;
+    at::Tensor a = attention(g, L, qkv, cos.data_ptr<float>(), sin.data_ptr<float>(), kpi, vpi, g.Hkv * g.D, s.P,
                              own_k.data_ptr<float>() + i * B * ld_b, own_v.data_ptr<float>() + i * B * ld_b, ld_b,
                              own_start);
+    cur = mlp(g, L, cur, a);
+  }
+  return cur;
+}
+
+// One session's T new tokens (an append or a prefill chunk) through every layer: x (T, H) fp32; weights, extras,
+// k/v_prefix as decode_step; cos/sin (T, D) at positions; own_k/own_v (L, 1, cap, Hkv, D): token t's KV goes to own
+// row own_start + t and it attends to the prefix and own rows [0, own_start + t]. Returns (T, H) before the final
+// norm. The reference is the eager layer loop of duomem_fast.model.decoder.Decoder.
+at::Tensor append_step_cpu(const at::Tensor& x, at::TensorList weights, const c10::List<Opt>& extras,
+                           const at::Tensor& cos, const at::Tensor& sin, const Opt& k_prefix, const Opt& v_prefix,
+                           const at::Tensor& own_k, const at::Tensor& own_v, int64_t own_start, double eps) {
+  const Stack s = check_stack("append_step", x, weights, extras, cos, sin, k_prefix, v_prefix, own_k, own_v, 1, eps);
+  const Geometry& g = s.g;
+  const int64_t cap = own_k.size(2);
+  TORCH_CHECK(own_start >= 0 && own_start + g.B <= cap, "append_step: own rows [", own_start, ", ", own_start + g.B,
+              ") outside the buffer's ", cap);
+  at::Tensor cur = x.contiguous();
+  for (int64_t i = 0; i < s.nl; ++i) {
+    const Layer L = unpack(weights, extras, i);
+    at::Tensor qkv = linear(ln_attn(g, L, cur), L.qkv, L.bias[0], L.lora_a[0], L.lora_b[0]);
+    at::Tensor a = append_attention(g, L, qkv, cos.data_ptr<float>(), sin.data_ptr<float>(),
+                                    s.P ? s.kp[i] : at::Tensor(), s.P ? s.vp[i] : at::Tensor(), own_k[i], own_v[i],
+                                    own_start);
     cur = mlp(g, L, cur, a);
   }
   return cur;

@@ -1,5 +1,5 @@
 // The one binding file: registers duomem::lora_linear, duomem::prefix_attention, duomem::merge_attention,
-// duomem::decode_attention and duomem::decode_step with TORCH_LIBRARY, so they are torch.ops.duomem.<op>. CPU kernels live in *_cpu.cpp; CUDA kernels (csrc/*.cu) join
+// duomem::decode_attention, duomem::decode_step and duomem::append_step with TORCH_LIBRARY, so they are torch.ops.duomem.<op>. CPU kernels live in *_cpu.cpp; CUDA kernels (csrc/*.cu) join
 // under WITH_CUDA. Fake (meta) implementations are registered in Python (duomem_fast/ops.py, register_fake) so
 // torch.compile can trace through the ops.
 #include <torch/extension.h>
@@ -11,14 +11,6 @@
 #include "weight_reuse.h"
 
 namespace duomem {
-at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& lora_a,
-                           const c10::optional<at::Tensor>& lora_b, double scale,
-                           const c10::optional<at::Tensor>& scales, const c10::optional<at::Tensor>& bias,
-                           const c10::optional<at::Tensor>& adapter_ids);
-std::tuple<at::Tensor, at::Tensor> prefix_attention_cpu(
-    const at::Tensor& q, const c10::optional<at::Tensor>& k_prefix, const c10::optional<at::Tensor>& v_prefix,
-    const c10::optional<at::Tensor>& k_suffix, const c10::optional<at::Tensor>& v_suffix,
-    const c10::optional<at::Tensor>& suffix_lens, double scale);
 std::tuple<at::Tensor, at::Tensor> merge_attention_cpu(const at::Tensor& o_a, const at::Tensor& lse_a,
                                                        const at::Tensor& o_b, const at::Tensor& lse_b);
 #ifdef WITH_CUDA
@@ -103,6 +95,8 @@ TORCH_LIBRARY(duomem, m) {
         "float scale) -> Tensor");
   m.def("decode_step(Tensor x, Tensor[] weights, Tensor?[] extras, Tensor cos, Tensor sin, Tensor? k_prefix, "
         "Tensor? v_prefix, Tensor(a!) own_k, Tensor(b!) own_v, int[] own_start, float eps) -> Tensor");
+  m.def("append_step(Tensor x, Tensor[] weights, Tensor?[] extras, Tensor cos, Tensor sin, Tensor? k_prefix, "
+        "Tensor? v_prefix, Tensor(a!) own_k, Tensor(b!) own_v, int own_start, float eps) -> Tensor");
   m.def("dequantize_blocks(Tensor blocks) -> Tensor");
 }
 
@@ -112,6 +106,7 @@ TORCH_LIBRARY_IMPL(duomem, CPU, m) {
   m.impl("merge_attention", &duomem::merge_attention_cpu);
   m.impl("decode_attention", &duomem::decode_attention_cpu);
   m.impl("decode_step", &duomem::decode_step_cpu);
+  m.impl("append_step", &duomem::append_step_cpu);
   m.impl("dequantize_blocks", &duomem::dequantize_blocks_cpu);
 }
 
@@ -128,23 +123,32 @@ TORCH_LIBRARY_IMPL(duomem, CUDA, m) {
 // Also a direct binding of the CPU lora_linear: the torch.ops dispatcher costs ~3.6 us per call against ~1 us here,
 // and at decode a 576->192 projection takes ~8 us in all (duomem_fast.ops uses it outside torch.compile).
 namespace duomem {
-// decode_step without the dispatcher: one call per token, but ~600 list entries to box otherwise.
-at::Tensor decode_step_py(const at::Tensor& x, const std::vector<at::Tensor>& weights,
-                          const std::vector<c10::optional<at::Tensor>>& extras, const at::Tensor& cos,
-                          const at::Tensor& sin, const c10::optional<at::Tensor>& k_prefix,
-                          const c10::optional<at::Tensor>& v_prefix, const at::Tensor& own_k, const at::Tensor& own_v,
-                          const std::vector<int64_t>& own_start, double eps) {
+// decode_step and append_step without the dispatcher: one call per token or append, but ~600 list entries to box
+// otherwise.
+using Extras = std::vector<c10::optional<at::Tensor>>;
+c10::List<c10::optional<at::Tensor>> boxed(const Extras& extras) {
   c10::List<c10::optional<at::Tensor>> ex;
   ex.reserve(extras.size());
   for (const auto& t : extras) ex.push_back(t);
-  return decode_step_cpu(x, weights, ex, cos, sin, k_prefix, v_prefix, own_k, own_v, own_start, eps);
+  return ex;
 }
 }  // namespace duomem
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "duomem-fast native ops: see torch.ops.duomem";
   m.def("lora_linear_cpu", &duomem::lora_linear_cpu, "lora_linear on CPU tensors, bypassing the dispatcher");
-  m.def("decode_step_cpu", &duomem::decode_step_py, "decode_step on CPU tensors, bypassing the dispatcher");
+  using Opt = c10::optional<at::Tensor>;
+  m.def("decode_step_cpu", [](const at::Tensor& x, const std::vector<at::Tensor>& w, const duomem::Extras& e,
+                              const at::Tensor& cos, const at::Tensor& sin, const Opt& kp, const Opt& vp,
+                              const at::Tensor& ok, const at::Tensor& ov, const std::vector<int64_t>& start,
+                              double eps) {
+    return duomem::decode_step_cpu(x, w, duomem::boxed(e), cos, sin, kp, vp, ok, ov, start, eps);
+  }, "decode_step on CPU tensors, bypassing the dispatcher");
+  m.def("append_step_cpu", [](const at::Tensor& x, const std::vector<at::Tensor>& w, const duomem::Extras& e,
+                              const at::Tensor& cos, const at::Tensor& sin, const Opt& kp, const Opt& vp,
+                              const at::Tensor& ok, const at::Tensor& ov, int64_t start, double eps) {
+    return duomem::append_step_cpu(x, w, duomem::boxed(e), cos, sin, kp, vp, ok, ov, start, eps);
+  }, "append_step on CPU tensors, bypassing the dispatcher");
   m.def("set_lora_prefetch", [](const std::string& mode) {
     using duomem::PrefetchMode;
     TORCH_CHECK(mode == "auto" || mode == "always" || mode == "never", "prefetch mode must be 'auto', 'always' or "

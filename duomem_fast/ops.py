@@ -65,6 +65,11 @@ def _register_fakes() -> None:
     def _(x, weights, extras, cos, sin, k_prefix, v_prefix, own_k, own_v, own_start, eps):
         return x.new_empty(x.shape)
 
+    if hasattr(torch.ops.duomem, "append_step"):
+        @torch.library.register_fake("duomem::append_step")
+        def _(x, weights, extras, cos, sin, k_prefix, v_prefix, own_k, own_v, own_start, eps):
+            return x.new_empty(x.shape)
+
 
 _C = _load_native()
 HAS_NATIVE = _C is not None
@@ -202,6 +207,11 @@ def has_decode_step(device_type: str = "cpu") -> bool:
     return device_type == "cpu" and backend("cpu") == "native" and hasattr(_C, "decode_step_cpu")
 
 
+def has_append_step(device_type: str = "cpu") -> bool:
+    """Whether `append_step` runs here: the native CPU build with it, native backend in use."""
+    return device_type == "cpu" and backend("cpu") == "native" and hasattr(_C, "append_step_cpu")
+
+
 def decode_attention(q: Tensor, k_prefix: Tensor | None, v_prefix: Tensor | None, k_own: Tensor, v_own: Tensor,
                      own_lens: list[int], scale: float | None = None) -> Tensor:
     """Attention of one new token per sequence over a shared prefix plus its own KV (native CPU, fp32).
@@ -241,3 +251,26 @@ def decode_step(x: Tensor, weights: list[Tensor], extras: list[Tensor | None], c
         return _C.decode_step_cpu(x, weights, extras, cos, sin, k_prefix, v_prefix, own_k, own_v, list(own_start), eps)
     except RuntimeError as e:  # the C++ checks name the bad value; the API edge raises ValueError
         raise ValueError(f"decode_step: {str(e).splitlines()[0]}") from e
+
+
+def append_step(x: Tensor, weights: list[Tensor], extras: list[Tensor | None], cos: Tensor, sin: Tensor,
+                k_prefix: Tensor | None, v_prefix: Tensor | None, own_k: Tensor, own_v: Tensor, own_start: int,
+                eps: float) -> Tensor:
+    """One session's T new tokens (an append, a prefill chunk) through every decoder layer in one native call
+    (fp32, CPU).
+
+    x: (T, H). weights, extras, k/v_prefix: as `decode_step`. cos/sin: (T, D) at the tokens' positions.
+    own_k/own_v: (L, 1, cap, Hkv, D); token t's KV is written at own row own_start + t and it attends to the prefix
+    and own rows [0, own_start + t]. Returns the hidden states after the last layer, (T, H), before the final norm.
+    The reference is the eager layer loop of `duomem_fast.model.decoder.Decoder` (fused_decode=False).
+    """
+    if not has_append_step(x.device.type):
+        raise ValueError("append_step needs the native CPU build (duomem_fast._C with append_step)")
+    _say("append_step", "native")
+    if torch.compiler.is_compiling():
+        return torch.ops.duomem.append_step(x, weights, extras, cos, sin, k_prefix, v_prefix, own_k, own_v,
+                                            int(own_start), eps)
+    try:
+        return _C.append_step_cpu(x, weights, extras, cos, sin, k_prefix, v_prefix, own_k, own_v, int(own_start), eps)
+    except RuntimeError as e:  # the C++ checks name the bad value; the API edge raises ValueError
+        raise ValueError(f"append_step: {str(e).splitlines()[0]}") from e

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from duomem_fast import ops
-from duomem_fast.model.attention import attend
+from duomem_fast.model.attention import TILED_MIN_ROWS, attend
 from duomem_fast.model.config import ModelConfig
 from duomem_fast.model.rope import Rope, apply_rope
 from duomem_fast.model.weights import LayerWeights, Weights
@@ -37,7 +37,8 @@ class Decoder:
     attn_impl: "auto" (native ops for decode rows, else flash), "flash" (torch's CPU flash kernel per KV segment,
     merged through the lse), "torch" (grouped matmuls) or "ops" (the dispatcher); see model/attention.py.
     fused_decode: decode steps (one new token per row, fp32, attn_impl "auto") run the whole layer stack in one
-    native call (`ops.decode_step`) where it is built; False keeps the eager layer loop below (the reference).
+    native call (`ops.decode_step`) where it is built, and so do one session's appends of enough tokens for the
+    tiled attention (`ops.append_step`); False keeps the eager layer loop below (the reference).
     """
 
     def __init__(self, cfg: ModelConfig, weights: Weights, dtype: torch.dtype, attn_impl: str = "auto",
@@ -54,6 +55,8 @@ class Decoder:
         x = self.w.embed[ids]
         if self._fusable(ids, step):
             x = self._decode_fused(x[:, 0], step)[:, None]
+        elif self._appendable(ids, step):
+            x = self._append_fused(x[0], step)[None]
         else:
             cos, sin = self.rope.tables(step.positions, self.dtype)
             for i, lw in enumerate(self.w.layers):
@@ -65,6 +68,22 @@ class Decoder:
     def _fusable(self, ids: Tensor, step: Step) -> bool:
         return (self.fused_decode and ids.shape[1] == 1 and self.dtype == torch.float32 and self.attn_impl == "auto"
                 and step.own_k is not None and len(step.shared) <= 1 and ops.has_decode_step(ids.device.type))
+
+    def _appendable(self, ids: Tensor, step: Step) -> bool:
+        """One session's tokens, as many as "auto" gives the tiled attention (fewer go eager: the decode kernel's
+        rows path, _attend_rows, is faster for them)."""
+        B, T = ids.shape
+        return (self.fused_decode and B == 1 and T * (self.cfg.num_heads // self.cfg.num_kv_heads) >= TILED_MIN_ROWS
+                and self.dtype == torch.float32 and self.attn_impl == "auto" and step.own_k is not None
+                and len(step.shared) <= 1 and ops.has_append_step(ids.device.type))
+
+    def _append_fused(self, x: Tensor, step: Step) -> Tensor:
+        """x (T, H) -> (T, H) after every layer, in one native call; the new KV goes into step.own_k/own_v."""
+        pos = step.positions[0]
+        k, v = step.shared[0] if step.shared else (None, None)
+        weights, extras = decode_plan(self.w)
+        return ops.append_step(x, weights, extras, self.rope.cos[pos], self.rope.sin[pos], k, v, step.own_k,
+                               step.own_v, step.own_start[0], self.cfg.rms_norm_eps)
 
     def _decode_fused(self, x: Tensor, step: Step) -> Tensor:
         """x (B, H) -> (B, H) after every layer, in one native call; the new KV goes into step.own_k/own_v."""

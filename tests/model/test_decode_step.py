@@ -1,4 +1,5 @@
-"""The fused native decode step (ops.decode_step, ops.decode_attention) against the eager reference paths."""
+"""The fused native layer stack (ops.decode_step, ops.append_step, ops.decode_attention) against the eager
+reference paths."""
 import pytest
 import torch
 
@@ -80,11 +81,13 @@ def test_decode_step_refuses_a_position_outside_the_buffer(tmp_path):
 
 
 def _run(model_dir, adapter, fused: bool, merge: bool = False):
-    """Prefix + append + 12 decoded tokens, then 3 sessions decoding as a batch: tokens and last logits."""
+    """Prefix + a long append (fused: append_step, over the prefix and itself) + a short one (the eager rows path)
+    + 12 decoded tokens, then 3 sessions decoding as a batch: tokens and last logits."""
     engine = Engine.from_pretrained(model_dir, adapter=adapter, merge_lora=merge, fused_decode=fused)
     engine.eos_ids = set()
     s = engine.session(engine.prefix(list(range(5, 40))))
-    s.append(list(range(50, 61)))
+    s.append(list(range(50, 80)))
+    s.append(list(range(80, 85)))
     s.generate(12)
     logits = engine._run(s, s.tokens[s.kv.length:])
     batch = [engine.session(s.prefix) for _ in range(3)]
@@ -115,13 +118,32 @@ def test_fused_decode_equals_eager(tmp_path, arch, odd):
 @native
 def test_fused_decode_is_used_and_flag_turns_it_off(tmp_path, monkeypatch):
     model_dir = make_tiny_model(tmp_path / "llama", "llama")
-    calls = []
-    real = ops.decode_step
-    monkeypatch.setattr(ops, "decode_step", lambda *a: calls.append(1) or real(*a))
+    calls = {"decode_step": [], "append_step": []}
+    for name, got in calls.items():
+        real = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *a, real=real, got=got: got.append(a[0].shape[0]) or real(*a))
     _run(model_dir, None, True)
-    used = len(calls)
+    used = {name: list(got) for name, got in calls.items()}
     _run(model_dir, None, False)
-    assert used >= 12 + 5 and len(calls) == used
+    assert len(used["decode_step"]) >= 12 + 5
+    assert used["append_step"] == [35, 30]  # the prefix's encode and the long append; 5 tokens go eager
+    assert {name: len(got) for name, got in calls.items()} == {name: len(got) for name, got in used.items()}
+
+
+@native
+def test_append_step_refuses_rows_outside_the_buffer(tmp_path):
+    from duomem_fast.model.decoder import decode_plan
+
+    engine = Engine.from_pretrained(make_tiny_model(tmp_path / "llama", "llama"))
+    cfg, d = engine.config, engine.config.head_dim
+    own = torch.zeros(cfg.num_layers, 1, 8, cfg.num_kv_heads, d)
+    weights, extras = decode_plan(engine.decoder.w)
+    with pytest.raises(ValueError, match=r"own rows \[5, 9\) outside the buffer's 8"):
+        ops.append_step(torch.randn(4, cfg.hidden_size), weights, extras, torch.ones(4, d), torch.zeros(4, d), None,
+                        None, own, own.clone(), 5, 1e-6)
+    with pytest.raises(ValueError, match=r"cos/sin must be fp32 \(rows=4"):
+        ops.append_step(torch.randn(4, cfg.hidden_size), weights, extras, torch.ones(3, d), torch.zeros(3, d), None,
+                        None, own, own.clone(), 0, 1e-6)
 
 
 @native
