@@ -15,6 +15,8 @@
 #include <cstdlib>
 #include <memory>
 
+#include "vec.h"
+
 namespace duomem {
 namespace amx {
 
@@ -85,30 +87,6 @@ inline __m512i bf16_words(__m512 a, __m512 b) {
   return _mm512_permutex2var_epi16(_mm512_castps_si512(a), odd, _mm512_castps_si512(b));
 }
 
-// 16 x 16 transpose of 32-bit lanes in registers.
-inline void transpose16(__m512i r[16]) {
-  __m512i t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i + 0], t[4 * i + 2]);
-    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i + 0], t[4 * i + 2]);
-    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  for (int i = 0; i < 2; ++i)
-    for (int c = 0; c < 4; ++c) {
-      t[8 * i + c] = _mm512_shuffle_i32x4(r[8 * i + c], r[8 * i + 4 + c], 0x88);
-      t[8 * i + 4 + c] = _mm512_shuffle_i32x4(r[8 * i + c], r[8 * i + 4 + c], 0xDD);
-    }
-  for (int c = 0; c < 8; ++c) {
-    r[c] = _mm512_shuffle_i32x4(t[c], t[8 + c], 0x88);
-    r[8 + c] = _mm512_shuffle_i32x4(t[c], t[8 + c], 0xDD);
-  }
-}
-
 // 16 rows of 32 floats (row i at rows[i], rows past `n` zero) as the three parts' B tiles in VNNI layout: tile j row
 // kk holds, for each row i, the pair (2kk, 2kk + 1) of its part j (out + j * 512 words). The rows are the tile's
 // columns: x rows of a GEMM, keys of attention scores.
@@ -125,7 +103,7 @@ inline void vnni_parts(const float* const* rows, int n, uint16_t* out) {
     for (int j = 0; j < 3; ++j) u[j][i] = bf16_words(a[j], b[j]);
   }
   for (int j = 0; j < 3; ++j) {
-    transpose16(u[j]);
+    vec::transpose16(u[j]);
     for (int kk = 0; kk < 16; ++kk) _mm512_store_si512(out + j * 512 + kk * 32, u[j][kk]);
   }
 }

@@ -94,7 +94,7 @@ void prepare_vt(const float* v, int64_t ld, int64_t L, int64_t halves, uint16_t*
           u[j][kk] = _mm512_or_si512(_mm512_castps_si512(pb[j]), _mm512_srli_epi32(_mm512_castps_si512(pa[j]), 16));
       }
       for (int j = 0; j < 3; ++j) {
-        amx::transpose16(u[j]);  // row d: the 16 key pairs of dim 16t + d
+        vec::transpose16(u[j]);  // row d: the 16 key pairs of dim 16t + d
         for (int d = 0; d < 16; ++d) _mm512_store_si512(va + ((b * 4 + t) * 3 + j) * 512 + d * 32, u[j][d]);
       }
     }
@@ -281,7 +281,7 @@ bool attend_amx(const float* const* q_rows, int64_t n, int64_t D, const float* k
     for (int t = 0; t < 4; ++t) {
       __m512i r[16];
       for (int d = 0; d < 16; ++d) r[d] = _mm512_load_si512(ot + g * 16 * kD + (16 * t + d) * 16);
-      amx::transpose16(r);
+      vec::transpose16(r);
       for (int i = 0; i < 16; ++i) _mm512_storeu_si512(o + (g * 16 + i) * kD + 16 * t, r[i]);
     }
   }

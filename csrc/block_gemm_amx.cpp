@@ -166,7 +166,7 @@ void unit(const uint8_t* w, int64_t ldw, int64_t N, int64_t n0, int64_t n1, cons
     for (int64_t g = m0; g < me; g += 16) {
       __m512i r[16];
       for (int i = 0; i < 16; ++i) r[i] = _mm512_load_si512(acc + (j - n0 + i) * 64 + (g - m0));
-      amx::transpose16(r);
+      vec::transpose16(r);
       for (int64_t m = g; m < std::min(me, g + 16); ++m)
         _mm512_mask_storeu_ps(y + m * N + j, keep, _mm512_add_ps(_mm512_castsi512_ps(r[m - g]), bv));
     }

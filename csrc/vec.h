@@ -455,6 +455,30 @@ inline void lora_dot(const WT* w, int64_t ldw, const float* x, int64_t ldx, int6
 #endif
 
 #ifdef __AVX512F__
+// 16 x 16 transpose of 32-bit lanes in registers.
+inline void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i + 0], t[4 * i + 2]);
+    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i + 0], t[4 * i + 2]);
+    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int c = 0; c < 4; ++c) {
+      t[8 * i + c] = _mm512_shuffle_i32x4(r[8 * i + c], r[8 * i + 4 + c], 0x88);
+      t[8 * i + 4 + c] = _mm512_shuffle_i32x4(r[8 * i + c], r[8 * i + 4 + c], 0xDD);
+    }
+  for (int c = 0; c < 8; ++c) {
+    r[c] = _mm512_shuffle_i32x4(t[c], t[8 + c], 0x88);
+    r[8 + c] = _mm512_shuffle_i32x4(t[c], t[8 + c], 0xDD);
+  }
+}
+
 // e^x for x <= 0 (softmax after max subtraction), |rel err| ~ 2e-7: x = n ln2 + r, |r| <= ln2/2, degree-6 Taylor
 // for e^r, 2^n applied by scalef. Scalar expf was the whole cost of CPU attention (295K exps = 6 ms at B=16).
 // Exactly 0 below x = -80 (e^-80 = 1.8e-35: nothing next to the max term's 1 in fp32): a masked key (-inf) or a far
