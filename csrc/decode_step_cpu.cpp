@@ -178,19 +178,19 @@ struct Stack {
 Stack check_stack(const char* op, const at::Tensor& x, at::TensorList weights, const c10::List<Opt>& extras,
                   const at::Tensor& cos, const at::Tensor& sin, const Opt& k_prefix, const Opt& v_prefix,
                   const at::Tensor& own_k, const at::Tensor& own_v, int64_t sessions, double eps) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, op, ": x must be fp32 (rows, H), got ", x.sizes());
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be fp32 (rows, H), got ", x.sizes());
   const int64_t nl = static_cast<int64_t>(weights.size()) / kWeights;
   TORCH_CHECK(static_cast<int64_t>(weights.size()) == nl * kWeights && static_cast<int64_t>(extras.size()) == nl * kExtras,
               op, " needs 6 weights and 14 extras per layer, got ", weights.size(), " and ", extras.size());
   TORCH_CHECK(own_k.dim() == 5 && own_k.size(0) == nl && own_k.size(1) == sessions && own_v.sizes() == own_k.sizes()
                   && own_k.scalar_type() == at::kFloat && own_v.scalar_type() == at::kFloat,
-              op, ": own_k/own_v must be fp32 (L=", nl, ", B=", sessions, ", cap, Hkv, D), got ", own_k.sizes());
-  TORCH_CHECK(own_k.is_contiguous() && own_v.is_contiguous(), op, ": own_k/own_v must be contiguous");
+              "own_k/own_v must be fp32 (L=", nl, ", B=", sessions, ", cap, Hkv, D), got ", own_k.sizes());
+  TORCH_CHECK(own_k.is_contiguous() && own_v.is_contiguous(), "own_k/own_v must be contiguous");
   const int64_t rows = x.size(0), Hkv = own_k.size(3), D = own_k.size(4);
   const int64_t Hq = nl ? (weights[1].size(0) / D - 2 * Hkv) : 0;
   TORCH_CHECK(cos.sizes() == at::IntArrayRef({rows, D}) && sin.sizes() == cos.sizes() && cos.scalar_type() == at::kFloat,
-              op, ": cos/sin must be fp32 (rows=", rows, ", D=", D, "), got ", cos.sizes());
-  TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous(), op, ": cos/sin must be contiguous");
+              "cos/sin must be fp32 (rows=", rows, ", D=", D, "), got ", cos.sizes());
+  TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous(), "cos/sin must be contiguous");
   Stack s{nl, Geometry{rows, x.size(1), Hq, Hkv, D, static_cast<float>(eps)}, {}, {}, 0};
   if (k_prefix.has_value() && k_prefix->defined() && k_prefix->size(1) > 0) {
     const auto packed = [&](const at::Tensor& t) {
@@ -199,7 +199,7 @@ Stack check_stack(const char* op, const at::Tensor& x, at::TensorList weights, c
     s.kp = packed(*k_prefix), s.vp = packed(*v_prefix);
     TORCH_CHECK(s.kp.dim() == 4 && s.kp.size(0) == nl && s.kp.size(2) == Hkv && s.kp.size(3) == D &&
                     s.vp.sizes() == s.kp.sizes() && s.kp.scalar_type() == at::kFloat && s.vp.scalar_type() == at::kFloat,
-                op, ": k/v_prefix must be fp32 (L=", nl, ", P, Hkv=", Hkv, ", D=", D, "), got ", k_prefix->sizes());
+                "k/v_prefix must be fp32 (L=", nl, ", P, Hkv=", Hkv, ", D=", D, "), got ", k_prefix->sizes());
     s.P = s.kp.size(1);
   }
   return s;
@@ -253,7 +253,7 @@ at::Tensor append_step_cpu(const at::Tensor& x, at::TensorList weights, const c1
   const Stack s = check_stack("append_step", x, weights, extras, cos, sin, k_prefix, v_prefix, own_k, own_v, 1, eps);
   const Geometry& g = s.g;
   const int64_t cap = own_k.size(2);
-  TORCH_CHECK(own_start >= 0 && own_start + g.B <= cap, "append_step: own rows [", own_start, ", ", own_start + g.B,
+  TORCH_CHECK(own_start >= 0 && own_start + g.B <= cap, "own rows [", own_start, ", ", own_start + g.B,
               ") outside the buffer's ", cap);
   at::Tensor cur = x.contiguous();
   for (int64_t i = 0; i < s.nl; ++i) {

@@ -138,10 +138,10 @@ def test_append_step_refuses_rows_outside_the_buffer(tmp_path):
     cfg, d = engine.config, engine.config.head_dim
     own = torch.zeros(cfg.num_layers, 1, 8, cfg.num_kv_heads, d)
     weights, extras = decode_plan(engine.decoder.w)
-    with pytest.raises(ValueError, match=r"own rows \[5, 9\) outside the buffer's 8"):
+    with pytest.raises(ValueError, match=r"^append_step: own rows \[5, 9\) outside the buffer's 8"):
         ops.append_step(torch.randn(4, cfg.hidden_size), weights, extras, torch.ones(4, d), torch.zeros(4, d), None,
                         None, own, own.clone(), 5, 1e-6)
-    with pytest.raises(ValueError, match=r"cos/sin must be fp32 \(rows=4"):
+    with pytest.raises(ValueError, match=r"^append_step: cos/sin must be fp32 \(rows=4"):
         ops.append_step(torch.randn(4, cfg.hidden_size), weights, extras, torch.ones(3, d), torch.zeros(3, d), None,
                         None, own, own.clone(), 0, 1e-6)
 
