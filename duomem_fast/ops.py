@@ -244,13 +244,8 @@ def decode_step(x: Tensor, weights: list[Tensor], extras: list[Tensor | None], c
     if not has_decode_step(x.device.type):
         raise ValueError("decode_step needs the native CPU build (duomem_fast._C with the decode ops)")
     _say("decode_step", "native")
-    if torch.compiler.is_compiling():
-        return torch.ops.duomem.decode_step(x, weights, extras, cos, sin, k_prefix, v_prefix, own_k, own_v,
-                                            list(own_start), eps)
-    try:
-        return _C.decode_step_cpu(x, weights, extras, cos, sin, k_prefix, v_prefix, own_k, own_v, list(own_start), eps)
-    except RuntimeError as e:  # the C++ checks name the bad value; the API edge raises ValueError
-        raise ValueError(f"decode_step: {str(e).splitlines()[0]}") from e
+    return _layer_stack("decode_step", x, weights, extras, cos, sin, k_prefix, v_prefix, own_k, own_v,
+                        list(own_start), eps)
 
 
 def append_step(x: Tensor, weights: list[Tensor], extras: list[Tensor | None], cos: Tensor, sin: Tensor,
@@ -267,10 +262,16 @@ def append_step(x: Tensor, weights: list[Tensor], extras: list[Tensor | None], c
     if not has_append_step(x.device.type):
         raise ValueError("append_step needs the native CPU build (duomem_fast._C with append_step)")
     _say("append_step", "native")
+    return _layer_stack("append_step", x, weights, extras, cos, sin, k_prefix, v_prefix, own_k, own_v,
+                        int(own_start), eps)
+
+
+def _layer_stack(name: str, *args) -> Tensor:
+    """decode_step / append_step: the registered op under torch.compile, else the direct binding (the dispatcher
+    would box ~600 list entries per call)."""
     if torch.compiler.is_compiling():
-        return torch.ops.duomem.append_step(x, weights, extras, cos, sin, k_prefix, v_prefix, own_k, own_v,
-                                            int(own_start), eps)
+        return getattr(torch.ops.duomem, name)(*args)
     try:
-        return _C.append_step_cpu(x, weights, extras, cos, sin, k_prefix, v_prefix, own_k, own_v, int(own_start), eps)
+        return getattr(_C, f"{name}_cpu")(*args)
     except RuntimeError as e:  # the C++ checks name the bad value; the API edge raises ValueError
-        raise ValueError(f"append_step: {str(e).splitlines()[0]}") from e
+        raise ValueError(f"{name}: {str(e).splitlines()[0]}") from e

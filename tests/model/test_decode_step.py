@@ -67,14 +67,19 @@ def test_decode_attention_refuses_bad_lengths():
         ops.decode_attention(q, None, None, k, k, [6])
 
 
-@native
-def test_decode_step_refuses_a_position_outside_the_buffer(tmp_path):
+def _stack_inputs(tmp_path, cap: int):
+    """A tiny model's hidden size, head dim, per-layer tensor lists and a zero own-KV buffer of `cap` rows."""
     from duomem_fast.model.decoder import decode_plan
 
     engine = Engine.from_pretrained(make_tiny_model(tmp_path / "llama", "llama"))
-    cfg, d = engine.config, engine.config.head_dim
-    own = torch.zeros(cfg.num_layers, 1, 4, cfg.num_kv_heads, d)
-    weights, extras = decode_plan(engine.decoder.w)
+    cfg = engine.config
+    own = torch.zeros(cfg.num_layers, 1, cap, cfg.num_kv_heads, cfg.head_dim)
+    return cfg, cfg.head_dim, own, *decode_plan(engine.decoder.w)
+
+
+@native
+def test_decode_step_refuses_a_position_outside_the_buffer(tmp_path):
+    cfg, d, own, weights, extras = _stack_inputs(tmp_path, 4)
     with pytest.raises(ValueError, match=r"own_start\[0\]=4"):
         ops.decode_step(torch.randn(1, cfg.hidden_size), weights, extras, torch.ones(1, d), torch.zeros(1, d), None,
                         None, own, own.clone(), [4], 1e-6)
@@ -132,12 +137,7 @@ def test_fused_decode_is_used_and_flag_turns_it_off(tmp_path, monkeypatch):
 
 @native
 def test_append_step_refuses_rows_outside_the_buffer(tmp_path):
-    from duomem_fast.model.decoder import decode_plan
-
-    engine = Engine.from_pretrained(make_tiny_model(tmp_path / "llama", "llama"))
-    cfg, d = engine.config, engine.config.head_dim
-    own = torch.zeros(cfg.num_layers, 1, 8, cfg.num_kv_heads, d)
-    weights, extras = decode_plan(engine.decoder.w)
+    cfg, d, own, weights, extras = _stack_inputs(tmp_path, 8)
     with pytest.raises(ValueError, match=r"^append_step: own rows \[5, 9\) outside the buffer's 8"):
         ops.append_step(torch.randn(4, cfg.hidden_size), weights, extras, torch.ones(4, d), torch.zeros(4, d), None,
                         None, own, own.clone(), 5, 1e-6)
@@ -197,3 +197,16 @@ def test_batched_rows_same_bits_on_two_threads(tmp_path):
     run = lambda: ops.decode_step(x, weights, extras, cos, sin, kp, vp, own[0].clone(), own[1].clone(),  # noqa: E731
                                   [3, 8], 1e-6)
     assert torch.equal(_threads(1, run), _threads(2, run))
+
+
+@native
+def test_append_step_traces_under_torch_compile(tmp_path):
+    """append_step has a fake registered: torch.compile takes it into one graph, with the same output and KV writes."""
+    cfg, d, own, weights, extras = _stack_inputs(tmp_path, 40)
+    x, cos, sin = torch.randn(30, cfg.hidden_size), torch.rand(30, d), torch.rand(30, d)
+    ref = ops.append_step(x, weights, extras, cos, sin, None, None, own, own.clone(), 3, 1e-6)
+    k2, v2 = torch.zeros_like(own), torch.zeros_like(own)
+    fn = torch.compile(lambda t: ops.append_step(t, weights, extras, cos, sin, None, None, k2, v2, 3, 1e-6),
+                       backend="eager", fullgraph=True)
+    assert torch.equal(fn(x), ref)
+    assert torch.equal(k2, own) and k2[:, :, 3:33].abs().sum() > 0
