@@ -17,8 +17,9 @@ greedily (EOS ignored, so every engine does the same work). Engines, in one proc
   5. ours merged         duomem_fast Engine, adapter merged (merged weights are no longer blocks: fp32 matrices)
   extra rows: ours unmerged with the base weights as fp32 matrices (--fp32-row: the engine before the blocks), ours
   unmerged without AMX tiles (blocks widened to fp32 for oneDNN's GEMM, fp32 attention tiles: --amx-row), ours
-  unmerged with the eager layer loop (fused_decode=False: the decode step before ops.decode_step; --eager-row), ours
-  merged with one-row GEMVs in 8-row blocks (the decode GEMV before the single-row stream; --blocks-row), ours with
+  unmerged with the eager layer loop (fused_decode=False: decode tokens and appends without ops.decode_step and
+  ops.append_step; --eager-row), ours merged with one-row GEMVs in 8-row blocks (the decode GEMV before the
+  single-row stream; --blocks-row), ours with
   --batch sessions decoding together (times per session), ours with greedy prompt-lookup drafts (--lookahead; exact
   greedy, so it faces the same gate), ours with bf16 projection weights under fp32 activations and KV (--wbf16,
   unmerged and merged: the agents' default; same gate), ours all in bf16 (--bf16)
