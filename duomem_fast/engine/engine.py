@@ -43,8 +43,8 @@ class Engine:
         """Load a model (None = the default SmolLM2-135M-Instruct; or a local HF directory) and optionally a PEFT
         LoRA adapter directory, merged into the weights or kept unmerged. dtype: None/"float32" or "bfloat16".
         options: attn_impl ("auto" | "flash" | "torch" | "lowp" | "ops"), prefix_budget_bytes, lookahead (greedy
-        prompt-lookup draft length, 0 = off), fused_decode (True: decode tokens run the layer stack in one native
-        call where built; False: the eager layer loop), weight_dtype ("bfloat16" under dtype float32: projection
+        prompt-lookup draft length, 0 = off), fused_decode (True: decode tokens and one session's appends of 16+
+        tokens (at G=3) run the layer stack in one native call where built; False: the eager layer loop), weight_dtype ("bfloat16" under dtype float32: projection
         weights stored in bf16, half the bytes per token, while activations and KV stay fp32), block_weights (True:
         in fp32, matrices that are exactly GGUF Q4_1/Q8_0 blocks de-quantised, as the default model's are, are kept
         in those blocks and widened exactly in the kernel: the same weight values, a fifth of the bytes a token)."""
