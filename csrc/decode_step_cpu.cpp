@@ -205,8 +205,8 @@ Stack check_stack(const char* op, const at::Tensor& x, at::TensorList weights, c
   return s;
 }
 
-at::Tensor ln_attn(const Geometry& g, const Layer& L, const at::Tensor& x) {
-  at::Tensor h = at::empty_like(x);
+// h = rmsnorm(x) with the layer's ln_attn weight, row by row; h is reused layer after layer.
+const at::Tensor& ln_attn(const Geometry& g, const Layer& L, const at::Tensor& x, const at::Tensor& h) {
   for (int64_t b = 0; b < g.B; ++b)
     rms_norm(x.data_ptr<float>() + b * g.H, L.ln_attn.data_ptr<float>(), g.H, g.eps, h.data_ptr<float>() + b * g.H);
   return h;
@@ -229,10 +229,10 @@ at::Tensor decode_step_cpu(const at::Tensor& x, at::TensorList weights, const c1
   TORCH_CHECK(static_cast<int64_t>(own_start.size()) == B, "own_start must have B=", B, " entries");
   for (int64_t b = 0; b < B; ++b)
     TORCH_CHECK(own_start[b] >= 0 && own_start[b] < cap, "own_start[", b, "]=", own_start[b], " outside [0, ", cap, ")");
-  at::Tensor cur = x.contiguous();
+  at::Tensor cur = x.contiguous(), h = at::empty_like(cur);
   for (int64_t i = 0; i < s.nl; ++i) {
     const Layer L = unpack(weights, extras, i);
-    at::Tensor qkv = linear(ln_attn(g, L, cur), L.qkv, L.bias[0], L.lora_a[0], L.lora_b[0]);
+    at::Tensor qkv = linear(ln_attn(g, L, cur, h), L.qkv, L.bias[0], L.lora_a[0], L.lora_b[0]);
     const float* kpi = s.P ? s.kp.data_ptr<float>() + i * s.kp.stride(0) : nullptr;
     const float* vpi = s.P ? s.vp.data_ptr<float>() + i * s.vp.stride(0) : nullptr;
     at::Tensor a = attention(g, L, qkv, cos.data_ptr<float>(), sin.data_ptr<float>(), kpi, vpi, g.Hkv * g.D, s.P,
@@ -255,10 +255,10 @@ at::Tensor append_step_cpu(const at::Tensor& x, at::TensorList weights, const c1
   const int64_t cap = own_k.size(2);
   TORCH_CHECK(own_start >= 0 && own_start + g.B <= cap, "own rows [", own_start, ", ", own_start + g.B,
               ") outside the buffer's ", cap);
-  at::Tensor cur = x.contiguous();
+  at::Tensor cur = x.contiguous(), h = at::empty_like(cur);
   for (int64_t i = 0; i < s.nl; ++i) {
     const Layer L = unpack(weights, extras, i);
-    at::Tensor qkv = linear(ln_attn(g, L, cur), L.qkv, L.bias[0], L.lora_a[0], L.lora_b[0]);
+    at::Tensor qkv = linear(ln_attn(g, L, cur, h), L.qkv, L.bias[0], L.lora_a[0], L.lora_b[0]);
     at::Tensor a = append_attention(g, L, qkv, cos.data_ptr<float>(), sin.data_ptr<float>(),
                                     s.P ? s.kp[i] : at::Tensor(), s.P ? s.vp[i] : at::Tensor(), own_k[i], own_v[i],
                                     own_start);
