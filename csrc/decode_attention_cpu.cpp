@@ -117,6 +117,38 @@ void scores16(const HeadState& st, const float* k, int64_t ld, const float* pf, 
     _mm512_storeu_ps(s + g * kBlock, reduce16(acc));
   }
 }
+
+// scores16 for D = 16 * NC: one key row's NC vectors at a time through one walking pointer, the query row in
+// registers, fully unrolled (the generic loop keeps 16 row pointers, more than the registers, and spills them).
+template <int NC>
+void scores16_fixed(const HeadState& st, const float* k, int64_t ld, const float* pf, float* s) {
+  for (int64_t g = 0; g < st.G; ++g) {
+    __m512 qv[NC];
+    for (int c = 0; c < NC; ++c) qv[c] = _mm512_loadu_ps(st.q.data() + g * 16 * NC + 16 * c);
+    __m512 acc[16];
+    const float* kj = k;
+    const float* pj = pf;
+    for (int j = 0; j < 16; ++j, kj += ld) {
+      acc[j] = _mm512_mul_ps(_mm512_loadu_ps(kj), qv[0]);
+      for (int c = 1; c < NC; ++c) acc[j] = _mm512_fmadd_ps(_mm512_loadu_ps(kj + 16 * c), qv[c], acc[j]);
+      if (pf && g == 0) {
+        for (int c = 0; c < NC; ++c) _mm_prefetch(reinterpret_cast<const char*>(pj + 16 * c), _MM_HINT_T1);
+        pj += ld;
+      }
+    }
+    _mm512_storeu_ps(s + g * kBlock, reduce16(acc));
+  }
+}
+
+// Hot (L2), 512-1,024 keys x 3 KV heads, G = 3, alternated in one process: 10-12% less time than scores16 alone;
+// cold (30 layers' KV, 2,360 keys) ~5% by the median.
+void scores16_any(const HeadState& st, const float* k, int64_t ld, const float* pf, float* s) {
+  switch (st.D) {
+    case 64: return scores16_fixed<4>(st, k, ld, pf, s);
+    case 128: return scores16_fixed<8>(st, k, ld, pf, s);
+    default: return scores16(st, k, ld, pf, s);
+  }
+}
 #endif
 
 // One key block of one KV head: scores, online-softmax update, P·V.
@@ -128,7 +160,7 @@ void attend_block(HeadState& st, const float* k, const float* v, int64_t ld, int
   int64_t n = 0;
 #ifdef __AVX512F__
   if (st.G % 4 != 0)
-    for (; n + 16 <= nb; n += 16) scores16(st, k + n * ld, ld, n + 16 <= npf ? k + (dist + n) * ld : nullptr, s + n);
+    for (; n + 16 <= nb; n += 16) scores16_any(st, k + n * ld, ld, n + 16 <= npf ? k + (dist + n) * ld : nullptr, s + n);
 #endif
   for (; n + kRowBlock <= nb; n += kRowBlock) dot_rows<kRowBlock>(k + n * ld, ld, st.q.data(), D, D, st.R4, s + n, kBlock);
   for (; n < nb; ++n) dot_rows<1>(k + n * ld, ld, st.q.data(), D, D, st.R4, s + n, kBlock);
