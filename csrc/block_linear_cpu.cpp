@@ -107,6 +107,10 @@ void widen_rows(const uint8_t* w, int64_t ldw, int64_t nblk, int64_t n0, int64_t
       blocks::widen16<F>(w + n * ldw + k * blocks::bytes(F), lo, hi);
       _mm512_storeu_ps(o, lo);
       _mm512_storeu_ps(o + 16, hi);
+#elif defined(DUOMEM_AVX2)
+      __m256 v[4];
+      blocks::widen8<F>(w + n * ldw + k * blocks::bytes(F), v);
+      for (int c = 0; c < 4; ++c) _mm256_storeu_ps(o + 8 * c, v[c]);
 #else
       blocks::widen<F>(w + n * ldw + k * blocks::bytes(F), o);
 #endif

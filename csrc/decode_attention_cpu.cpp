@@ -80,7 +80,58 @@ void pv_block(HeadState& st, int64_t g0, const float* p, const float* v, int64_t
 }
 #endif
 
+#ifdef DUOMEM_AVX2
+// pv_block on 8-lane registers (D % 16 == 0): NG x 2 accumulators over a 16-dim slice, so up to 4 rows fit in
+// the 16 registers with the V vectors and broadcasts; each V vector is still loaded once for the NG rows.
+template <int NG>
+void pv_block8(HeadState& st, int64_t g0, const float* p, const float* v, int64_t ld, int64_t nb) {
+  const int64_t D = st.D;
+  for (int64_t d0 = 0; d0 < D; d0 += 16) {
+    float* o = st.o.data() + g0 * D + d0;
+    __m256 acc[NG][2];
+    for (int i = 0; i < NG; ++i)
+      for (int c = 0; c < 2; ++c) acc[i][c] = _mm256_loadu_ps(o + i * D + 8 * c);
+    for (int64_t j = 0; j < nb; ++j) {
+      const __m256 v0 = _mm256_loadu_ps(v + j * ld + d0), v1 = _mm256_loadu_ps(v + j * ld + d0 + 8);
+      for (int i = 0; i < NG; ++i) {
+        const __m256 pi = _mm256_broadcast_ss(p + (g0 + i) * kBlock + j);
+        acc[i][0] = _mm256_fmadd_ps(pi, v0, acc[i][0]);
+        acc[i][1] = _mm256_fmadd_ps(pi, v1, acc[i][1]);
+      }
+    }
+    for (int i = 0; i < NG; ++i)
+      for (int c = 0; c < 2; ++c) _mm256_storeu_ps(o + i * D + 8 * c, acc[i][c]);
+  }
+}
+
+// s[g][0..8) = q_g · k_0..7 for the G rows (D % 8 == 0): one transpose-add tree per 8 dots of one row.
+void scores8(const HeadState& st, const float* k, int64_t ld, float* s) {
+  const int64_t D = st.D;
+  for (int64_t g = 0; g < st.G; ++g) {
+    const float* q = st.q.data() + g * D;
+    __m256 acc[8];
+    for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < D; d += 8) {
+      const __m256 qv = _mm256_loadu_ps(q + d);
+      for (int j = 0; j < 8; ++j) acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(k + j * ld + d), qv, acc[j]);
+    }
+    _mm256_storeu_ps(s + g * kBlock, vec8::reduce8(acc));
+  }
+}
+#endif
+
 void pv_rows(HeadState& st, const float* p, const float* v, int64_t ld, int64_t nb, const float* pf, int64_t npf) {
+#ifdef DUOMEM_AVX2
+  if (st.D % 16 == 0) {
+    for (int64_t g0 = 0; g0 < st.G; g0 += 4) switch (std::min<int64_t>(4, st.G - g0)) {
+        case 4: pv_block8<4>(st, g0, p, v, ld, nb); break;
+        case 3: pv_block8<3>(st, g0, p, v, ld, nb); break;
+        case 2: pv_block8<2>(st, g0, p, v, ld, nb); break;
+        default: pv_block8<1>(st, g0, p, v, ld, nb); break;
+      }
+    return;
+  }
+#endif
 #ifdef __AVX512F__
   for (int64_t g0 = 0; g0 < st.G; g0 += 4) {
     const int64_t n = g0 == 0 ? npf : 0;  // prefetch once, in the first row group
@@ -162,6 +213,9 @@ void attend_block(HeadState& st, const float* k, const float* v, int64_t ld, int
 #ifdef __AVX512F__
   if (st.G % 4 != 0)
     for (; n + 16 <= nb; n += 16) scores16_any(st, k + n * ld, ld, n + 16 <= npf ? k + (dist + n) * ld : nullptr, s + n);
+#elif defined(DUOMEM_AVX2)
+  if (D % 8 == 0)
+    for (; n + 8 <= nb; n += 8) scores8(st, k + n * ld, ld, s + n);
 #endif
   for (; n + kRowBlock <= nb; n += kRowBlock) dot_rows<kRowBlock>(k + n * ld, ld, st.q.data(), D, D, st.R4, s + n, kBlock);
   for (; n < nb; ++n) dot_rows<1>(k + n * ld, ld, st.q.data(), D, D, st.R4, s + n, kBlock);

@@ -12,6 +12,10 @@
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
+#include "vec_avx2.h"
+
+// Forced: an out-of-line callee taking acc by reference makes GCC keep the accumulators in memory (a store per FMA).
+#define DUOMEM_INLINE inline __attribute__((always_inline))
 
 namespace duomem {
 namespace vec {
@@ -148,8 +152,6 @@ inline void dot_rows(const WT* w, int64_t ldw, const float* x, int64_t ldx, int6
 // Keeps a loaded operand in a register: without it GCC folds the loads into the FMAs as memory operands, re-loading
 // each x (or w) vector once per FMA; on this Zen 4 that halves the 4x4 block (576x576 M=4: 57 us -> 27 us).
 #define DUOMEM_PIN(v) asm("" : "+v"(v))
-// Forced: an out-of-line callee taking acc by reference makes GCC keep the accumulators in memory (a store per FMA).
-#define DUOMEM_INLINE inline __attribute__((always_inline))
 
 template <int NB, int MB, typename LT>
 DUOMEM_INLINE void lora_finish(__m512 (&acc)[NB][MB], const LT* const* b, int64_t r, const float* st, int64_t ldt,
@@ -528,6 +530,9 @@ inline float exp_sum(float* s, int64_t n, float scale, float mx) {
   }
   return _mm512_reduce_add_ps(acc);
 }
+#elif defined(DUOMEM_AVX2)
+using vec8::exp_sum;
+using vec8::scaled_max;
 #else
 inline float scaled_max(const float* s, int64_t n, float scale, float init) {
   float mx = init;

@@ -1,0 +1,95 @@
+// 8-lane (AVX2 + FMA) helpers for CPUs without AVX-512: most laptops and desktops (Intel client cores since Alder
+// Lake, AMD before Zen 4), the devices an on-device agent runs on. The kernels keep their AVX-512 paths where the
+// build has them (vec.h); these serve the same loops on 256-bit registers. Build them on any x86-64 machine with
+// DUOMEM_PORTABLE=1 (setup.py), which compiles the AVX-512 paths out, to test them there.
+#pragma once
+
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+#define DUOMEM_AVX2 1
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace duomem {
+namespace vec8 {
+
+// lanes [0, n) of 8 set, n in [0, 8]
+inline __m256i mask8(int64_t n) {
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(n, 8))), iota);
+}
+
+inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+inline float hmax8(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+}
+
+// 4 sources -> [sum a, sum b, sum c, sum d]
+inline __m128 reduce4(__m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));  // per 128-bit lane
+  return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+// 8 sources -> lane k = sum of v[k]
+inline __m256 reduce8(const __m256* v) {
+  const __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+  const __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+  // a = [s0 s1 s2 s3 | s0' s1' s2' s3'] (low / high 128-bit halves of the sources), b likewise for 4..7
+  return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+}
+
+// e^x for x <= 0 as vec.h's exp16 (same reduction, same polynomial, exactly 0 below kExpFloor); 2^n is built in the
+// exponent bits, since AVX2 has no scalef (n >= -116 there, so the result stays normal).
+constexpr float kExpFloor8 = -80.f;
+inline __m256 exp8(__m256 x) {
+  const __m256 live = _mm256_cmp_ps(x, _mm256_set1_ps(kExpFloor8), _CMP_GE_OQ);
+  x = _mm256_max_ps(x, _mm256_set1_ps(kExpFloor8));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), r);
+  __m256 p = _mm256_set1_ps(1.f / 720.f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 120.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 24.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 6.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), live);
+}
+
+// max over s[0, n) * scale
+inline float scaled_max(const float* s, int64_t n, float scale, float init) {
+  __m256 m = _mm256_set1_ps(init);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) m = _mm256_max_ps(m, _mm256_mul_ps(_mm256_loadu_ps(s + j), _mm256_set1_ps(scale)));
+  float mx = hmax8(m);
+  for (; j < n; ++j) mx = std::max(mx, s[j] * scale);
+  return mx;
+}
+
+// s[j] = exp(s[j]*scale - mx) in place for j < n; returns the sum.
+inline float exp_sum(float* s, int64_t n, float scale, float mx) {
+  const __m256 vs = _mm256_set1_ps(scale), vm = _mm256_set1_ps(mx);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t j = 0; j < n; j += 8) {
+    const __m256i k = mask8(n - j);
+    const __m256 e = _mm256_and_ps(exp8(_mm256_fmsub_ps(_mm256_maskload_ps(s + j, k), vs, vm)), _mm256_castsi256_ps(k));
+    _mm256_maskstore_ps(s + j, k, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  return hsum8(acc);
+}
+
+}  // namespace vec8
+}  // namespace duomem
+#endif
