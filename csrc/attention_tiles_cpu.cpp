@@ -92,6 +92,104 @@ void tile_step(const float* q, int64_t D, const float* kt, const float* v, int64
   }
 }
 
+#elif defined(DUOMEM_AVX2)
+// The same tiles on 8-lane registers: scores 6 rows x 16 keys (12 ymm accumulators, 2 Kt vectors and 6 broadcast
+// q elements per D step) in 4 passes over the 64-key block, softmax over the scores in L1, P·V 6 rows x 16 dims.
+inline void transpose8(__m256 r[8]) {
+  __m256 t[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  __m256 u[8];
+  for (int h = 0; h < 2; ++h) {
+    u[4 * h + 0] = _mm256_shuffle_ps(t[4 * h + 0], t[4 * h + 2], 0x44);
+    u[4 * h + 1] = _mm256_shuffle_ps(t[4 * h + 0], t[4 * h + 2], 0xEE);
+    u[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0x44);
+    u[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {
+    r[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);
+    r[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
+  }
+}
+
+// Kt[d * 64 + j] = k[(n0 + j) * ld + d] for j < nk, zero beyond: 8 x 8 register transposes (D a multiple of 8).
+void transpose_block(const float* k, int64_t ld, int64_t nk, int64_t D, float* kt) {
+  for (int64_t j0 = 0; j0 < kTileKeys; j0 += 8)
+    for (int64_t d0 = 0; d0 < D; d0 += 8) {
+      __m256 r[8];
+      for (int64_t j = 0; j < 8; ++j) r[j] = j0 + j < nk ? _mm256_loadu_ps(k + (j0 + j) * ld + d0) : _mm256_setzero_ps();
+      transpose8(r);
+      for (int64_t d = 0; d < 8; ++d) _mm256_storeu_ps(kt + (d0 + d) * kTileKeys + j0, r[d]);
+    }
+}
+
+void tile_step(const float* q, int64_t D, const float* kt, const float* v, int64_t ld, int64_t nk, const int64_t* vis,
+               float* m, float* l, float* o, float* p) {
+  for (int64_t c0 = 0; c0 < kTileKeys; c0 += 16) {
+    __m256 s[kTileRows][2];
+    for (int i = 0; i < kTileRows; ++i) s[i][0] = s[i][1] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < D; ++d) {
+      __m256 k0 = _mm256_loadu_ps(kt + d * kTileKeys + c0), k1 = _mm256_loadu_ps(kt + d * kTileKeys + c0 + 8);
+      DUOMEM_PIN8(k0);
+      DUOMEM_PIN8(k1);
+      for (int i = 0; i < kTileRows; ++i) {
+        const __m256 qb = _mm256_broadcast_ss(q + i * D + d);
+        s[i][0] = _mm256_fmadd_ps(qb, k0, s[i][0]);
+        s[i][1] = _mm256_fmadd_ps(qb, k1, s[i][1]);
+      }
+    }
+    for (int i = 0; i < kTileRows; ++i)
+      for (int c = 0; c < 2; ++c) _mm256_storeu_ps(p + i * kTileKeys + c0 + 8 * c, s[i][c]);
+  }
+  const __m256 ninf = _mm256_set1_ps(-INFINITY), iota = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+  float alpha[kTileRows];
+  for (int i = 0; i < kTileRows; ++i) {
+    float* pi = p + i * kTileKeys;
+    const __m256 vi = _mm256_set1_ps(static_cast<float>(vis[i]));
+    __m256 mx8 = ninf;
+    for (int c = 0; c < kTileKeys / 8; ++c) {  // keys at or past vis[i] -> -inf
+      const __m256 seen = _mm256_cmp_ps(_mm256_add_ps(iota, _mm256_set1_ps(8.f * c)), vi, _CMP_LT_OQ);
+      const __m256 sc = _mm256_blendv_ps(ninf, _mm256_loadu_ps(pi + 8 * c), seen);
+      _mm256_storeu_ps(pi + 8 * c, sc);
+      mx8 = _mm256_max_ps(mx8, sc);
+    }
+    const float mx = std::max(m[i], vec8::hmax8(mx8));
+    alpha[i] = std::exp(m[i] - mx);
+    const __m256 vm = _mm256_set1_ps(mx);
+    __m256 sum = _mm256_setzero_ps();
+    for (int c = 0; c < kTileKeys / 8; ++c) {
+      const __m256 e = vec8::exp8(_mm256_sub_ps(_mm256_loadu_ps(pi + 8 * c), vm));  // -inf -> exactly 0
+      _mm256_storeu_ps(pi + 8 * c, e);
+      sum = _mm256_add_ps(sum, e);
+    }
+    l[i] = l[i] * alpha[i] + vec8::hsum8(sum);
+    m[i] = mx;
+  }
+  for (int64_t d0 = 0; d0 < D; d0 += 16) {
+    __m256 acc[kTileRows][2];
+    for (int i = 0; i < kTileRows; ++i) {
+      const __m256 a = _mm256_set1_ps(alpha[i]);
+      for (int c = 0; c < 2; ++c) acc[i][c] = _mm256_mul_ps(a, _mm256_loadu_ps(o + i * D + d0 + 8 * c));
+    }
+    for (int64_t j = 0; j < nk; ++j) {
+      __m256 v0 = _mm256_loadu_ps(v + j * ld + d0), v1 = _mm256_loadu_ps(v + j * ld + d0 + 8);
+      DUOMEM_PIN8(v0);
+      DUOMEM_PIN8(v1);
+      for (int i = 0; i < kTileRows; ++i) {
+        const __m256 pb = _mm256_broadcast_ss(p + i * kTileKeys + j);
+        acc[i][0] = _mm256_fmadd_ps(pb, v0, acc[i][0]);
+        acc[i][1] = _mm256_fmadd_ps(pb, v1, acc[i][1]);
+      }
+    }
+    for (int i = 0; i < kTileRows; ++i)
+      for (int c = 0; c < 2; ++c) _mm256_storeu_ps(o + i * D + d0 + 8 * c, acc[i][c]);
+  }
+}
+#endif
+
+#if defined(__AVX512F__) || defined(DUOMEM_AVX2)
 // Rows [j0, j1) of the next key block, K and V (D floats each), into L2: each tile asks for its share, so the block
 // arrives while this one's tiles compute (in an append the prefix KV is cold: the weights streamed through the
 // caches since it was last read).
@@ -109,6 +207,8 @@ void prefetch_rows(const float* k, const float* v, int64_t ld, int64_t D, int64_
 bool tiled_attention_fits(int64_t rows, int64_t D) {
 #ifdef __AVX512F__
   return rows >= kTiledMinRows && D % 64 == 0 && D <= 256;
+#elif defined(DUOMEM_AVX2)
+  return rows >= kTiledMinRows && D % 16 == 0 && D <= 256;
 #else
   (void)rows, (void)D;
   return false;
@@ -119,7 +219,7 @@ void attend_tiled(const float* const* q_rows, int64_t n, int64_t D, const float*
                   int64_t L, float scale, float* const* o_rows, float* const* lse_rows, const int64_t* limits,
                   bool merge) {
   if (attend_amx(q_rows, n, D, k, v, ld, L, scale, o_rows, lse_rows, limits, merge)) return;
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || defined(DUOMEM_AVX2)
   const int64_t npad = (n + kTileRows - 1) / kTileRows * kTileRows;
   std::vector<float> q(npad * D, 0.f), o(npad * D, 0.f), m(npad, -1e30f), l(npad, 0.f);
   std::vector<float> kt(D * kTileKeys), p(kTileRows * kTileKeys);

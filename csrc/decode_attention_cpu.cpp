@@ -81,29 +81,6 @@ void pv_block(HeadState& st, int64_t g0, const float* p, const float* v, int64_t
 #endif
 
 #ifdef DUOMEM_AVX2
-// pv_block on 8-lane registers (D % 16 == 0): NG x 2 accumulators over a 16-dim slice, so up to 4 rows fit in
-// the 16 registers with the V vectors and broadcasts; each V vector is still loaded once for the NG rows.
-template <int NG>
-void pv_block8(HeadState& st, int64_t g0, const float* p, const float* v, int64_t ld, int64_t nb) {
-  const int64_t D = st.D;
-  for (int64_t d0 = 0; d0 < D; d0 += 16) {
-    float* o = st.o.data() + g0 * D + d0;
-    __m256 acc[NG][2];
-    for (int i = 0; i < NG; ++i)
-      for (int c = 0; c < 2; ++c) acc[i][c] = _mm256_loadu_ps(o + i * D + 8 * c);
-    for (int64_t j = 0; j < nb; ++j) {
-      const __m256 v0 = _mm256_loadu_ps(v + j * ld + d0), v1 = _mm256_loadu_ps(v + j * ld + d0 + 8);
-      for (int i = 0; i < NG; ++i) {
-        const __m256 pi = _mm256_broadcast_ss(p + (g0 + i) * kBlock + j);
-        acc[i][0] = _mm256_fmadd_ps(pi, v0, acc[i][0]);
-        acc[i][1] = _mm256_fmadd_ps(pi, v1, acc[i][1]);
-      }
-    }
-    for (int i = 0; i < NG; ++i)
-      for (int c = 0; c < 2; ++c) _mm256_storeu_ps(o + i * D + 8 * c, acc[i][c]);
-  }
-}
-
 // s[g][0..8) = q_g · k_0..7 for the G rows (D % 8 == 0): one transpose-add tree per 8 dots of one row.
 void scores8(const HeadState& st, const float* k, int64_t ld, float* s) {
   const int64_t D = st.D;
@@ -122,15 +99,7 @@ void scores8(const HeadState& st, const float* k, int64_t ld, float* s) {
 
 void pv_rows(HeadState& st, const float* p, const float* v, int64_t ld, int64_t nb, const float* pf, int64_t npf) {
 #ifdef DUOMEM_AVX2
-  if (st.D % 16 == 0) {
-    for (int64_t g0 = 0; g0 < st.G; g0 += 4) switch (std::min<int64_t>(4, st.G - g0)) {
-        case 4: pv_block8<4>(st, g0, p, v, ld, nb); break;
-        case 3: pv_block8<3>(st, g0, p, v, ld, nb); break;
-        case 2: pv_block8<2>(st, g0, p, v, ld, nb); break;
-        default: pv_block8<1>(st, g0, p, v, ld, nb); break;
-      }
-    return;
-  }
+  if (st.D % 16 == 0) return vec8::pv_rows_any(st.o.data(), st.D, p, kBlock, v, ld, nb, st.D, st.G);
 #endif
 #ifdef __AVX512F__
   for (int64_t g0 = 0; g0 < st.G; g0 += 4) {

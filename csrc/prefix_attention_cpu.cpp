@@ -70,6 +70,9 @@ void pv_accumulate(RowBlock& rb, const float* p, const float* v, int64_t ld, int
 }
 #else
 void pv_accumulate(RowBlock& rb, const float* p, const float* v, int64_t ld, int64_t nb) {
+#ifdef DUOMEM_AVX2
+  if (rb.D % 16 == 0) return vec8::pv_rows_any(rb.o, rb.D, p, kKeyBlock, v, ld, nb, rb.D, rb.n);
+#endif
   for (int64_t j = 0; j < nb; ++j)
     for (int64_t i = 0; i < rb.n; ++i) {
       const float pij = p[i * kKeyBlock + j];
@@ -89,6 +92,15 @@ void attend_rows(RowBlock& rb, const float* k, const float* v, int64_t ld, int64
   for (int64_t n0 = 0; n0 < lmax; n0 += kKeyBlock) {
     const int64_t nb = std::min(kKeyBlock, lmax - n0);
     int64_t n = 0;
+#ifdef DUOMEM_AVX2
+    if (D % 8 == 0)  // scores: 4 keys x 2 rows per register block
+      for (; n + 4 <= nb; n += 4)
+        for (int64_t i = 0; i < R; i += 2) {
+          const float* kn = k + (n0 + n) * ld;
+          if (R - i >= 2) vec8::dots4<2>(rb.q + i * D, D, kn, ld, D, s + i * kKeyBlock + n, kKeyBlock);
+          else vec8::dots4<1>(rb.q + i * D, D, kn, ld, D, s + i * kKeyBlock + n, kKeyBlock);
+        }
+#endif
     for (; n + kRowBlock <= nb; n += kRowBlock)  // scores: 4 keys x 4 rows per register block
       dot_rows<kRowBlock>(k + (n0 + n) * ld, ld, rb.q, D, D, R4, s + n, kKeyBlock);
     for (; n < nb; ++n) dot_rows<1>(k + (n0 + n) * ld, ld, rb.q, D, D, R4, s + n, kKeyBlock);

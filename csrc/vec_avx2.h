@@ -11,6 +11,10 @@
 #include <algorithm>
 #include <cstdint>
 
+// Keeps a loaded vector in its register: without it GCC folds the load into each FMA that uses it as a memory
+// operand, one load per FMA (vec.h's DUOMEM_PIN, for ymm).
+#define DUOMEM_PIN8(v) asm("" : "+x"(v))
+
 namespace duomem {
 namespace vec8 {
 
@@ -44,6 +48,68 @@ inline __m256 reduce8(const __m256* v) {
   const __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
   // a = [s0 s1 s2 s3 | s0' s1' s2' s3'] (low / high 128-bit halves of the sources), b likewise for 4..7
   return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+}
+
+// s[i * lds + j] = q_i · k_j for R query rows (ldq apart) and 4 keys (ldk apart), D % 8 == 0: R x 4 accumulators,
+// each key vector loaded once for the R rows, one transpose-add tree per row.
+template <int R>
+inline void dots4(const float* q, int64_t ldq, const float* k, int64_t ldk, int64_t D, float* s, int64_t lds) {
+  __m256 acc[R][4];
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < 4; ++j) acc[i][j] = _mm256_setzero_ps();
+  for (int64_t d = 0; d < D; d += 8) {
+    __m256 kv[4];
+    for (int j = 0; j < 4; ++j) {
+      kv[j] = _mm256_loadu_ps(k + j * ldk + d);
+      DUOMEM_PIN8(kv[j]);
+    }
+    for (int i = 0; i < R; ++i) {
+      __m256 qv = _mm256_loadu_ps(q + i * ldq + d);
+      DUOMEM_PIN8(qv);
+      for (int j = 0; j < 4; ++j) acc[i][j] = _mm256_fmadd_ps(kv[j], qv, acc[i][j]);
+    }
+  }
+  for (int i = 0; i < R; ++i) _mm_storeu_ps(s + i * lds, reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
+}
+
+// o_i += sum_j p[i * ldp + j] v_j for NG rows (o rows ldo apart) over nb keys (v rows ldv apart), D % 16 == 0:
+// NG x 2 accumulators over a 16-dim slice (up to 4 rows fit the 16 registers with the V vectors and a broadcast),
+// each V vector loaded once for the NG rows.
+template <int NG>
+inline void pv_rows(float* o, int64_t ldo, const float* p, int64_t ldp, const float* v, int64_t ldv, int64_t nb,
+                    int64_t D) {
+  for (int64_t d0 = 0; d0 < D; d0 += 16) {
+    __m256 acc[NG][2];
+    for (int i = 0; i < NG; ++i)
+      for (int c = 0; c < 2; ++c) acc[i][c] = _mm256_loadu_ps(o + i * ldo + d0 + 8 * c);
+    for (int64_t j = 0; j < nb; ++j) {
+      __m256 v0 = _mm256_loadu_ps(v + j * ldv + d0), v1 = _mm256_loadu_ps(v + j * ldv + d0 + 8);
+      DUOMEM_PIN8(v0);
+      DUOMEM_PIN8(v1);
+      for (int i = 0; i < NG; ++i) {
+        const __m256 pi = _mm256_broadcast_ss(p + i * ldp + j);
+        acc[i][0] = _mm256_fmadd_ps(pi, v0, acc[i][0]);
+        acc[i][1] = _mm256_fmadd_ps(pi, v1, acc[i][1]);
+      }
+    }
+    for (int i = 0; i < NG; ++i)
+      for (int c = 0; c < 2; ++c) _mm256_storeu_ps(o + i * ldo + d0 + 8 * c, acc[i][c]);
+  }
+}
+
+// pv_rows for any number of rows n, 4 at a time
+inline void pv_rows_any(float* o, int64_t ldo, const float* p, int64_t ldp, const float* v, int64_t ldv, int64_t nb,
+                        int64_t D, int64_t n) {
+  for (int64_t i0 = 0; i0 < n; i0 += 4) {
+    float* oi = o + i0 * ldo;
+    const float* pi = p + i0 * ldp;
+    switch (std::min<int64_t>(4, n - i0)) {
+      case 4: pv_rows<4>(oi, ldo, pi, ldp, v, ldv, nb, D); break;
+      case 3: pv_rows<3>(oi, ldo, pi, ldp, v, ldv, nb, D); break;
+      case 2: pv_rows<2>(oi, ldo, pi, ldp, v, ldv, nb, D); break;
+      default: pv_rows<1>(oi, ldo, pi, ldp, v, ldv, nb, D); break;
+    }
+  }
 }
 
 // e^x for x <= 0 as vec.h's exp16 (same reduction, same polynomial, exactly 0 below kExpFloor); 2^n is built in the
