@@ -81,14 +81,17 @@ void pv_block(HeadState& st, int64_t g0, const float* p, const float* v, int64_t
 #endif
 
 #ifdef DUOMEM_AVX2
-// s[g][0..8) = q_g · k_0..7 for the G rows (D % 8 == 0): one transpose-add tree per 8 dots of one row.
-void scores8(const HeadState& st, const float* k, int64_t ld, float* s) {
+// s[g][0..8) = q_g · k_0..7 for the G rows (D % 8 == 0): one transpose-add tree per 8 dots of one row. pf: the
+// same 8 rows of a later block, asked for into L2 along the way (one line per row per 16 dims), or null.
+void scores8(const HeadState& st, const float* k, int64_t ld, const float* pf, float* s) {
   const int64_t D = st.D;
   for (int64_t g = 0; g < st.G; ++g) {
     const float* q = st.q.data() + g * D;
     __m256 acc[8];
     for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
     for (int64_t d = 0; d < D; d += 8) {
+      if (pf && g == 0 && d % 16 == 0)
+        for (int j = 0; j < 8; ++j) _mm_prefetch(reinterpret_cast<const char*>(pf + j * ld + d), _MM_HINT_T1);
       const __m256 qv = _mm256_loadu_ps(q + d);
       for (int j = 0; j < 8; ++j) acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(k + j * ld + d), qv, acc[j]);
     }
@@ -99,7 +102,7 @@ void scores8(const HeadState& st, const float* k, int64_t ld, float* s) {
 
 void pv_rows(HeadState& st, const float* p, const float* v, int64_t ld, int64_t nb, const float* pf, int64_t npf) {
 #ifdef DUOMEM_AVX2
-  if (st.D % 16 == 0) return vec8::pv_rows_any(st.o.data(), st.D, p, kBlock, v, ld, nb, st.D, st.G);
+  if (st.D % 16 == 0) return vec8::pv_rows_any(st.o.data(), st.D, p, kBlock, v, ld, nb, st.D, st.G, pf, npf);
 #endif
 #ifdef __AVX512F__
   for (int64_t g0 = 0; g0 < st.G; g0 += 4) {
@@ -184,7 +187,7 @@ void attend_block(HeadState& st, const float* k, const float* v, int64_t ld, int
     for (; n + 16 <= nb; n += 16) scores16_any(st, k + n * ld, ld, n + 16 <= npf ? k + (dist + n) * ld : nullptr, s + n);
 #elif defined(DUOMEM_AVX2)
   if (D % 8 == 0)
-    for (; n + 8 <= nb; n += 8) scores8(st, k + n * ld, ld, s + n);
+    for (; n + 8 <= nb; n += 8) scores8(st, k + n * ld, ld, n + 8 <= npf ? k + (dist + n) * ld : nullptr, s + n);
 #endif
   for (; n + kRowBlock <= nb; n += kRowBlock) dot_rows<kRowBlock>(k + n * ld, ld, st.q.data(), D, D, st.R4, s + n, kBlock);
   for (; n < nb; ++n) dot_rows<1>(k + n * ld, ld, st.q.data(), D, D, st.R4, s + n, kBlock);

@@ -75,14 +75,17 @@ inline void dots4(const float* q, int64_t ldq, const float* k, int64_t ldk, int6
 // o_i += sum_j p[i * ldp + j] v_j for NG rows (o rows ldo apart) over nb keys (v rows ldv apart), D % 16 == 0:
 // NG x 2 accumulators over a 16-dim slice (up to 4 rows fit the 16 registers with the V vectors and a broadcast),
 // each V vector loaded once for the NG rows.
+// pf: npf rows (ldv apart) to ask for into L2 along the way, one line per row per 16-dim pass (a later key block's
+// V), or null.
 template <int NG>
 inline void pv_rows(float* o, int64_t ldo, const float* p, int64_t ldp, const float* v, int64_t ldv, int64_t nb,
-                    int64_t D) {
+                    int64_t D, const float* pf = nullptr, int64_t npf = 0) {
   for (int64_t d0 = 0; d0 < D; d0 += 16) {
     __m256 acc[NG][2];
     for (int i = 0; i < NG; ++i)
       for (int c = 0; c < 2; ++c) acc[i][c] = _mm256_loadu_ps(o + i * ldo + d0 + 8 * c);
     for (int64_t j = 0; j < nb; ++j) {
+      if (j < npf) _mm_prefetch(reinterpret_cast<const char*>(pf + j * ldv + d0), _MM_HINT_T1);
       __m256 v0 = _mm256_loadu_ps(v + j * ldv + d0), v1 = _mm256_loadu_ps(v + j * ldv + d0 + 8);
       DUOMEM_PIN8(v0);
       DUOMEM_PIN8(v1);
@@ -97,17 +100,18 @@ inline void pv_rows(float* o, int64_t ldo, const float* p, int64_t ldp, const fl
   }
 }
 
-// pv_rows for any number of rows n, 4 at a time
+// pv_rows for any number of rows n, 4 at a time (the first 4 prefetch pf)
 inline void pv_rows_any(float* o, int64_t ldo, const float* p, int64_t ldp, const float* v, int64_t ldv, int64_t nb,
-                        int64_t D, int64_t n) {
+                        int64_t D, int64_t n, const float* pf = nullptr, int64_t npf = 0) {
   for (int64_t i0 = 0; i0 < n; i0 += 4) {
     float* oi = o + i0 * ldo;
     const float* pi = p + i0 * ldp;
+    const int64_t np = i0 == 0 ? npf : 0;
     switch (std::min<int64_t>(4, n - i0)) {
-      case 4: pv_rows<4>(oi, ldo, pi, ldp, v, ldv, nb, D); break;
-      case 3: pv_rows<3>(oi, ldo, pi, ldp, v, ldv, nb, D); break;
-      case 2: pv_rows<2>(oi, ldo, pi, ldp, v, ldv, nb, D); break;
-      default: pv_rows<1>(oi, ldo, pi, ldp, v, ldv, nb, D); break;
+      case 4: pv_rows<4>(oi, ldo, pi, ldp, v, ldv, nb, D, pf, np); break;
+      case 3: pv_rows<3>(oi, ldo, pi, ldp, v, ldv, nb, D, pf, np); break;
+      case 2: pv_rows<2>(oi, ldo, pi, ldp, v, ldv, nb, D, pf, np); break;
+      default: pv_rows<1>(oi, ldo, pi, ldp, v, ldv, nb, D, pf, np); break;
     }
   }
 }
@@ -147,7 +151,13 @@ inline float scaled_max(const float* s, int64_t n, float scale, float init) {
 inline float exp_sum(float* s, int64_t n, float scale, float mx) {
   const __m256 vs = _mm256_set1_ps(scale), vm = _mm256_set1_ps(mx);
   __m256 acc = _mm256_setzero_ps();
-  for (int64_t j = 0; j < n; j += 8) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {  // masked loads and stores are slow on AMD cores: the tail only
+    const __m256 e = exp8(_mm256_fmsub_ps(_mm256_loadu_ps(s + j), vs, vm));
+    _mm256_storeu_ps(s + j, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  if (j < n) {
     const __m256i k = mask8(n - j);
     const __m256 e = _mm256_and_ps(exp8(_mm256_fmsub_ps(_mm256_maskload_ps(s + j, k), vs, vm)), _mm256_castsi256_ps(k));
     _mm256_maskstore_ps(s + j, k, e);
