@@ -427,6 +427,55 @@ inline void lora_dot_bf16(const c10::BFloat16* w, int64_t ldw, const c10::BFloat
   lora_finish<NB, MB>(acc, b, r, st, ldt, bias, out, ldo, add_out);
 }
 #endif
+#elif defined(DUOMEM_AVX2)
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const c10::BFloat16* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+inline __m256 load8(const c10::Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+
+// stream_rows on 8-lane registers: one x row (decode) takes 4 W rows side by side, 2 accumulators each (independent
+// FMA chains; 16-bit W needs a widening per vector); more x rows take one W row at a time, each W vector feeding MB
+// FMAs. The K and r tails (not a multiple of 8) are added in scalar.
+template <int MB, int R, typename WT, typename LT>
+inline void stream_rows(const WT* w, int64_t ldw, int64_t n, const float* x, int64_t ldx, int64_t K, const LT* b,
+                        int64_t r, const float* st, int64_t ldt, const float* bias, float* out, int64_t ldo,
+                        bool /*prefetch*/, int64_t /*ahead*/ = 0) {
+  constexpr int RR = MB == 1 ? 4 : 1, U = MB == 1 ? 2 : 1;
+  const int64_t K8 = K / (8 * U) * (8 * U), r8 = r / 8 * 8;
+  auto group = [&](auto rows_c, int64_t i0) {
+    constexpr int NR = decltype(rows_c)::value;
+    __m256 acc[NR][MB][U];
+    for (int i = 0; i < NR; ++i)
+      for (int j = 0; j < MB; ++j)
+        for (int u = 0; u < U; ++u) acc[i][j][u] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K8; k += 8 * U)
+      for (int i = 0; i < NR; ++i)
+        for (int u = 0; u < U; ++u) {
+          __m256 wv = load8(w + (i0 + i) * ldw + k + 8 * u);
+          if constexpr (MB > 1) DUOMEM_PIN8(wv);
+          for (int j = 0; j < MB; ++j)
+            acc[i][j][u] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + j * ldx + k + 8 * u), acc[i][j][u]);
+        }
+    for (int i = 0; i < NR; ++i)
+      for (int j = 0; j < MB; ++j) {
+        __m256 a = acc[i][j][0];
+        for (int u = 1; u < U; ++u) a = _mm256_add_ps(a, acc[i][j][u]);
+        const LT* bi = b ? b + (i0 + i) * r : nullptr;
+        if (bi)
+          for (int64_t l = 0; l < r8; l += 8) a = _mm256_fmadd_ps(load8(bi + l), _mm256_loadu_ps(st + j * ldt + l), a);
+        float y = vec8::hsum8(a) + (bias ? bias[i0 + i] : 0.f);
+        for (int64_t k = K8; k < K; ++k) y += to_f(w[(i0 + i) * ldw + k]) * x[j * ldx + k];
+        if (bi)
+          for (int64_t l = r8; l < r; ++l) y += to_f(bi[l]) * st[j * ldt + l];
+        out[j * ldo + i0 + i] = y;
+      }
+  };
+  int64_t i = 0;
+  for (; i + RR <= n; i += RR) group(std::integral_constant<int, RR>{}, i);
+  for (; i < n; ++i) group(std::integral_constant<int, 1>{}, i);
+}
 #else
 template <int MB, int R, typename WT, typename LT>
 inline void stream_rows(const WT* w, int64_t ldw, int64_t n, const float* x, int64_t ldx, int64_t K, const LT* b,
@@ -441,6 +490,8 @@ inline void stream_rows(const WT* w, int64_t ldw, int64_t n, const float* x, int
       out[j * ldo + i] = s;
     }
 }
+#endif
+#ifndef __AVX512F__
 template <int NB, int MB, typename WT, typename LT>
 inline void lora_dot(const WT* w, int64_t ldw, const float* x, int64_t ldx, int64_t K, const WT* /*pf*/,
                      const LT* const* b, int64_t r, const float* st, int64_t ldt, const float* bias, float* out,
