@@ -94,7 +94,8 @@ void tile_step(const float* q, int64_t D, const float* kt, const float* v, int64
 
 #elif defined(DUOMEM_AVX2)
 // The same tiles on 8-lane registers: scores 6 rows x 16 keys (12 ymm accumulators, 2 Kt vectors and 6 broadcast
-// q elements per D step) in 4 passes over the 64-key block, softmax over the scores in L1, P·V 6 rows x 16 dims.
+// q elements per D step) in 4 passes over the 64-key block, softmax over the scores in L1, P·V by vec8::pv_rows
+// (6 rows x 16 dims a pass, the rows' outputs rescaled first).
 inline void transpose8(__m256 r[8]) {
   __m256 t[8];
   for (int i = 0; i < 4; ++i) {
@@ -167,25 +168,9 @@ void tile_step(const float* q, int64_t D, const float* kt, const float* v, int64
     l[i] = l[i] * alpha[i] + vec8::hsum8(sum);
     m[i] = mx;
   }
-  for (int64_t d0 = 0; d0 < D; d0 += 16) {
-    __m256 acc[kTileRows][2];
-    for (int i = 0; i < kTileRows; ++i) {
-      const __m256 a = _mm256_set1_ps(alpha[i]);
-      for (int c = 0; c < 2; ++c) acc[i][c] = _mm256_mul_ps(a, _mm256_loadu_ps(o + i * D + d0 + 8 * c));
-    }
-    for (int64_t j = 0; j < nk; ++j) {
-      __m256 v0 = _mm256_loadu_ps(v + j * ld + d0), v1 = _mm256_loadu_ps(v + j * ld + d0 + 8);
-      DUOMEM_PIN8(v0);
-      DUOMEM_PIN8(v1);
-      for (int i = 0; i < kTileRows; ++i) {
-        const __m256 pb = _mm256_broadcast_ss(p + i * kTileKeys + j);
-        acc[i][0] = _mm256_fmadd_ps(pb, v0, acc[i][0]);
-        acc[i][1] = _mm256_fmadd_ps(pb, v1, acc[i][1]);
-      }
-    }
-    for (int i = 0; i < kTileRows; ++i)
-      for (int c = 0; c < 2; ++c) _mm256_storeu_ps(o + i * D + d0 + 8 * c, acc[i][c]);
-  }
+  for (int i = 0; i < kTileRows; ++i)
+    for (int64_t d = 0; d < D; ++d) o[i * D + d] *= alpha[i];
+  vec8::pv_rows<kTileRows>(o, D, p, kTileKeys, v, ld, nk, D);
 }
 #endif
 

@@ -73,7 +73,7 @@ inline void dots4(const float* q, int64_t ldq, const float* k, int64_t ldk, int6
 }
 
 // o_i += sum_j p[i * ldp + j] v_j for NG rows (o rows ldo apart) over nb keys (v rows ldv apart), D % 16 == 0:
-// NG x 2 accumulators over a 16-dim slice (up to 4 rows fit the 16 registers with the V vectors and a broadcast),
+// NG x 2 accumulators over a 16-dim slice (up to 6 rows fit the 16 registers with the V vectors and a broadcast),
 // each V vector loaded once for the NG rows.
 // pf: npf rows (ldv apart) to ask for into L2 along the way, one line per row per 16-dim pass (a later key block's
 // V), or null.
