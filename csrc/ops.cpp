@@ -5,9 +5,11 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "amx.h"
 #include "attention_tiles.h"
 #include "block_gemm_amx.h"
 #include "decode_cpu.h"
+#include "vec_avx2.h"
 #include "weight_reuse.h"
 
 namespace duomem {
@@ -149,6 +151,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                               const at::Tensor& ok, const at::Tensor& ov, int64_t start, double eps) {
     return duomem::append_step_cpu(x, w, duomem::boxed(e), cos, sin, kp, vp, ok, ov, start, eps);
   }, "append_step on CPU tensors, bypassing the dispatcher");
+  m.def("cpu_isa", [] {  // what -march (setup.py) let this build compile in
+#if defined(__AVX512F__)
+    std::string isa = "avx512";
+#ifdef __AVX512BF16__
+    isa += "+bf16";
+#endif
+#ifdef DUOMEM_AMX
+    isa += "+amx";
+#endif
+    return isa;
+#elif defined(DUOMEM_AVX2)
+    return std::string("avx2");
+#else
+    return std::string("portable");
+#endif
+  }, "the vector ISA the CPU kernels were compiled for: avx512[+bf16][+amx], avx2 or portable");
   m.def("set_lora_prefetch", [](const std::string& mode) {
     using duomem::PrefetchMode;
     TORCH_CHECK(mode == "auto" || mode == "always" || mode == "never", "prefetch mode must be 'auto', 'always' or "

@@ -100,6 +100,12 @@ def backend(device_type: str = "cpu") -> str:
     return "native" if HAS_NATIVE and device_type == "cpu" else "reference"
 
 
+def cpu_isa() -> str:
+    """The vector ISA the native CPU ops were compiled for: "avx512" (+"+bf16", +"+amx"), "avx2" (CPUs without
+    AVX-512, or a DUOMEM_PORTABLE=1 build) or "portable"; "none" without the native build."""
+    return _C.cpu_isa() if HAS_NATIVE else "none"
+
+
 def _say(op: str, path: str) -> None:
     if (op, path) not in _SAID:
         _SAID.add((op, path))

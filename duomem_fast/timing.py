@@ -22,6 +22,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from duomem_fast import ops
+
 
 @dataclass(slots=True)
 class Stats:
@@ -137,6 +139,7 @@ def machine_info() -> dict:
         "cpu": _cpu_model(),
         "llc_bytes": llc,
         "threads": torch.get_num_threads(),
+        "cpu_isa": ops.cpu_isa(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

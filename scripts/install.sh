@@ -14,4 +14,4 @@ extras="alfworld"
 [ "${1:-}" = "--dev" ] && extras="alfworld,dev"
 # --no-build-isolation: the native build needs the torch installed above, not a fresh (CUDA) one.
 $PIP --no-build-isolation -e ".[$extras]"
-python3 -c "import duomem_fast, duomem_fast.ops as o; print('duomem-fast installed; CPU ops backend:', o.backend('cpu'))"
+python3 -c "import duomem_fast, duomem_fast.ops as o; print('duomem-fast installed; CPU ops backend:', o.backend('cpu'), '(' + o.cpu_isa() + ')')"

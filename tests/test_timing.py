@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from duomem_fast import timing
+from duomem_fast import ops, timing
 
 
 def test_llc_bytes_matches_sysfs_or_lscpu():
@@ -38,4 +38,6 @@ def test_rotate_cycles_in_order():
 
 
 def test_machine_info_has_llc():
-    assert timing.machine_info()["llc_bytes"] == timing.llc_bytes()
+    info = timing.machine_info()
+    assert info["llc_bytes"] == timing.llc_bytes()
+    assert info["cpu_isa"] == ops.cpu_isa()

@@ -14,7 +14,7 @@ sys.modules["duomem_fast._C"] = None  # as if built with DUOMEM_NO_NATIVE=1
 import torch
 from duomem_fast import ops
 from duomem_fast.kernels.reference import lora_linear_ref
-assert not ops.HAS_NATIVE and ops.backend("cpu") == "reference"
+assert not ops.HAS_NATIVE and ops.backend("cpu") == "reference" and ops.cpu_isa() == "none"
 x, w = torch.randn(3, 8), torch.randn(5, 8)
 assert torch.equal(ops.lora_linear(x, w), lora_linear_ref(x, w))
 try:
@@ -38,6 +38,27 @@ def test_unknown_backend_is_value_error():
 def test_auto_backend_per_device():
     assert ops.backend("cpu") == ("native" if ops.HAS_NATIVE else "reference")
     assert ops.backend("cuda") == ("triton" if ops.HAS_TRITON else "reference")
+
+
+def _cpu_flags() -> set[str]:
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@pytest.mark.skipif(not ops.HAS_NATIVE, reason="duomem_fast._C not built")
+def test_cpu_isa_names_what_the_build_runs_and_the_cpu_has():
+    """setup.py builds for the machine it runs on: AVX-512 kernels where the CPU has AVX-512 (+BF16, +AMX in the
+    name when compiled in, each a flag of this CPU), the AVX2 ones on an AVX2 CPU without it."""
+    isa, flags = ops.cpu_isa(), _cpu_flags()
+    assert isa in {"avx512", "avx512+bf16", "avx512+amx", "avx512+bf16+amx", "avx2", "portable"}, isa
+    if not flags:
+        pytest.skip("no /proc/cpuinfo flags here")
+    need = {"avx512": "avx512f", "bf16": "avx512_bf16", "amx": "amx_tile", "avx2": "avx2"}
+    assert all(need[part] in flags for part in isa.split("+") if part in need), (isa, sorted(flags))
+    if "avx512f" not in flags and "avx2" in flags and "fma" in flags:
+        assert isa == "avx2", f"an AVX2 CPU without AVX-512 runs the {isa} kernels"
 
 
 @pytest.mark.skipif(not ops.HAS_NATIVE, reason="duomem_fast._C not built")
