@@ -20,6 +20,9 @@
 namespace duomem {
 namespace vec {
 
+// Look-ahead bytes of the one-to-four-row W stream (stream_rows): fp32 W, 16-bit W, several x rows (measured below).
+constexpr int64_t kStreamAhead = 2048, kStreamAheadHalf = 8192, kStreamAheadRows = 16384;
+
 constexpr int kRowBlock = 4;  // W rows per block: 4 W x 4 x rows = 16 zmm accumulators, 8 zmm for operands
 constexpr int kMBlock = 4;
 
@@ -271,7 +274,7 @@ inline void lora_dot(const WT* w, int64_t ldw, const float* x, int64_t ldx, int6
 // 16-bit weights: twice the FMAs per byte, so the same holds for one x row over bf16 W (merged engine, whole decode
 // token at ~2,700 context: 2 KiB 31-32 ms, 1 KiB 29.6, 8 KiB 26.3, 16 KiB 28.1; fp32 W in the same run: 1-2 KiB
 // 35.4-36.3, 8-16 KiB 39.3-39.6).
-constexpr int64_t kStreamAhead = 2048, kStreamAheadHalf = 8192, kStreamAheadRows = 16384;
+// (kStreamAhead, kStreamAheadHalf, kStreamAheadRows: above the ISA branches, the AVX2 stream uses them too.)
 // R adjacent W rows (R = 1-4) against MB x rows: sums[j][i0 + i] = the 16 partial lanes of w_{i0+i} · x_j (+ b · st_j).
 // Each (W row, x row) pair keeps its own accumulators and K order whatever R is, so the result is bitwise the same
 // for every R: R only decides how many W vectors share each x load (MB = 4: 10 loads per 8 FMAs at R = 1, 14 per 24
@@ -441,7 +444,8 @@ inline __m256 load8(const c10::Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128
 template <int MB, int R, typename WT, typename LT>
 inline void stream_rows(const WT* w, int64_t ldw, int64_t n, const float* x, int64_t ldx, int64_t K, const LT* b,
                         int64_t r, const float* st, int64_t ldt, const float* bias, float* out, int64_t ldo,
-                        bool /*prefetch*/, int64_t /*ahead*/ = 0) {
+                        bool prefetch, int64_t ahead = 0) {
+  if (ahead <= 0) ahead = MB > 1 ? kStreamAheadRows : sizeof(WT) == 4 ? kStreamAhead : kStreamAheadHalf;
   constexpr int RR = MB == 1 ? 4 : 1, U = MB == 1 ? 2 : 1;
   const int64_t K8 = K / (8 * U) * (8 * U), r8 = r / 8 * 8;
   auto group = [&](auto rows_c, int64_t i0) {
@@ -453,6 +457,8 @@ inline void stream_rows(const WT* w, int64_t ldw, int64_t n, const float* x, int
     for (int64_t k = 0; k < K8; k += 8 * U)
       for (int i = 0; i < NR; ++i)
         for (int u = 0; u < U; ++u) {
+          if (prefetch && u == 0)  // each row's stream asks `ahead` bytes further on (into L2), a line per step
+            _mm_prefetch(reinterpret_cast<const char*>(w + (i0 + i) * ldw + k) + ahead, _MM_HINT_T1);
           __m256 wv = load8(w + (i0 + i) * ldw + k + 8 * u);
           if constexpr (MB > 1) DUOMEM_PIN8(wv);
           for (int j = 0; j < MB; ++j)
