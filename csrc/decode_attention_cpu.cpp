@@ -81,17 +81,16 @@ void pv_block(HeadState& st, int64_t g0, const float* p, const float* v, int64_t
 #endif
 
 #ifdef DUOMEM_AVX2
-// s[g][0..8) = q_g · k_0..7 for the G rows (D % 8 == 0): one transpose-add tree per 8 dots of one row. pf: the
-// same 8 rows of a later block, asked for into L2 along the way (one line per row per 16 dims), or null.
-void scores8(const HeadState& st, const float* k, int64_t ld, const float* pf, float* s) {
+// s[g][0..8) = q_g · k_0..7 for the G rows (D % 8 == 0): one transpose-add tree per 8 dots of one row; one ahead
+// step per 8-dim step.
+void scores8(const HeadState& st, const float* k, int64_t ld, vec8::Ahead& ahead, float* s) {
   const int64_t D = st.D;
   for (int64_t g = 0; g < st.G; ++g) {
     const float* q = st.q.data() + g * D;
     __m256 acc[8];
     for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
     for (int64_t d = 0; d < D; d += 8) {
-      if (pf && g == 0 && d % 16 == 0)
-        for (int j = 0; j < 8; ++j) _mm_prefetch(reinterpret_cast<const char*>(pf + j * ld + d), _MM_HINT_T1);
+      ahead.step();
       const __m256 qv = _mm256_loadu_ps(q + d);
       for (int j = 0; j < 8; ++j) acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(k + j * ld + d), qv, acc[j]);
     }
@@ -101,9 +100,6 @@ void scores8(const HeadState& st, const float* k, int64_t ld, const float* pf, f
 #endif
 
 void pv_rows(HeadState& st, const float* p, const float* v, int64_t ld, int64_t nb, const float* pf, int64_t npf) {
-#ifdef DUOMEM_AVX2
-  if (st.D % 16 == 0) return vec8::pv_rows_any(st.o.data(), st.D, p, kBlock, v, ld, nb, st.D, st.G, pf, npf);
-#endif
 #ifdef __AVX512F__
   for (int64_t g0 = 0; g0 < st.G; g0 += 4) {
     const int64_t n = g0 == 0 ? npf : 0;  // prefetch once, in the first row group
@@ -175,6 +171,20 @@ void scores16_any(const HeadState& st, const float* k, int64_t ld, const float* 
 }
 #endif
 
+// The online-softmax update of G rows over a block's scores s (rows kBlock apart, nb keys): exponentiated in place,
+// running max and sum carried on, o rescaled.
+void softmax_update(HeadState& st, float* s, int64_t nb, float scale) {
+  for (int64_t g = 0; g < st.G; ++g) {
+    float* sg = s + g * kBlock;
+    const float mx = scaled_max(sg, nb, scale, st.m[g]);
+    const float alpha = std::exp(st.m[g] - mx);
+    st.l[g] = st.l[g] * alpha + exp_sum(sg, nb, scale, mx);
+    st.m[g] = mx;
+    if (alpha != 1.f)
+      for (int64_t d = 0; d < st.D; ++d) st.o[g * st.D + d] *= alpha;
+  }
+}
+
 // One key block of one KV head: scores, online-softmax update, P·V.
 // npf rows of the next block (at k/v + dist * ld) are prefetched into L2 along the way, a few lines per FMA step:
 // one burst of a whole block at its start stalls on the core's miss buffers and overlaps nothing.
@@ -185,23 +195,25 @@ void attend_block(HeadState& st, const float* k, const float* v, int64_t ld, int
 #ifdef __AVX512F__
   if (st.G % 4 != 0)
     for (; n + 16 <= nb; n += 16) scores16_any(st, k + n * ld, ld, n + 16 <= npf ? k + (dist + n) * ld : nullptr, s + n);
-#elif defined(DUOMEM_AVX2)
-  if (D % 8 == 0)
-    for (; n + 8 <= nb; n += 8) scores8(st, k + n * ld, ld, n + 8 <= npf ? k + (dist + n) * ld : nullptr, s + n);
 #endif
   for (; n + kRowBlock <= nb; n += kRowBlock) dot_rows<kRowBlock>(k + n * ld, ld, st.q.data(), D, D, st.R4, s + n, kBlock);
   for (; n < nb; ++n) dot_rows<1>(k + n * ld, ld, st.q.data(), D, D, st.R4, s + n, kBlock);
-  for (int64_t g = 0; g < st.G; ++g) {
-    float* sg = s + g * kBlock;
-    const float mx = scaled_max(sg, nb, scale, st.m[g]);
-    const float alpha = std::exp(st.m[g] - mx);
-    st.l[g] = st.l[g] * alpha + exp_sum(sg, nb, scale, mx);
-    st.m[g] = mx;
-    if (alpha != 1.f)
-      for (int64_t d = 0; d < D; ++d) st.o[g * D + d] *= alpha;
-  }
+  softmax_update(st, s, nb, scale);
   pv_rows(st, s, v, ld, nb, v + dist * ld, npf);
 }
+
+#ifdef DUOMEM_AVX2
+// attend_block on 8-lane registers (D % 16 == 0), stepping ahead (the next block's K and V lines) as it goes: one
+// line per 8 FMAs of the scores and per 6 of P·V, about as many steps as a 64-key block of 3 heads has lines.
+void attend_block8(HeadState& st, const float* k, const float* v, int64_t ld, int64_t nb, float scale, float* s,
+                   vec8::Ahead& ahead) {
+  int64_t n = 0;
+  for (; n + 8 <= nb; n += 8) scores8(st, k + n * ld, ld, ahead, s + n);
+  for (; n < nb; ++n) dot_rows<1>(k + n * ld, ld, st.q.data(), st.D, st.D, st.R4, s + n, kBlock);
+  softmax_update(st, s, nb, scale);
+  vec8::pv_rows_any(st.o.data(), st.D, s, kBlock, v, ld, nb, st.D, st.G, &ahead);
+}
+#endif
 
 }  // namespace
 
@@ -229,6 +241,14 @@ void attend_run(std::vector<HeadState>& heads, int64_t D, const KVSegment& sg, i
   for (int64_t n0 = 0; n0 < sg.n; n0 += kBlock) {
     const int64_t nb = std::min(kBlock, sg.n - n0);
     const int64_t ahead = std::max<int64_t>(0, std::min(kBlock, sg.n + beyond - n0 - nb));
+#ifdef DUOMEM_AVX2
+    if (D % 16 == 0) {  // the next block's rows hold every head: one cursor over its K, then its V, for all heads
+      vec8::Ahead next(sg.k + (n0 + nb) * sg.ld, sg.v + (n0 + nb) * sg.ld, ahead * sg.ld * 4);
+      for (int64_t h = 0; h < Hkv; ++h)
+        attend_block8(heads[h], sg.k + n0 * sg.ld + h * D, sg.v + n0 * sg.ld + h * D, sg.ld, nb, scale, sp, next);
+      continue;
+    }
+#endif
     if (heads[0].G % 4 == 0 && ahead > 0) prefetch_rows(sg.k + (n0 + nb) * sg.ld, sg.ld, ahead, row_bytes);
     for (int64_t h = 0; h < Hkv; ++h)
       attend_block(heads[h], sg.k + n0 * sg.ld + h * D, sg.v + n0 * sg.ld + h * D, sg.ld, nb, nb, ahead, scale, sp);
