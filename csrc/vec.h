@@ -497,7 +497,65 @@ inline void stream_rows(const WT* w, int64_t ldw, int64_t n, const float* x, int
     }
 }
 #endif
-#ifndef __AVX512F__
+#ifdef DUOMEM_AVX2
+// lora_dot on 8-lane registers for NR W rows: NR x MB accumulators (at most 12) beside the MB x vectors and one W
+// vector, each W vector feeding MB FMAs, each x vector NR; the K and r tails (not a multiple of 8) in scalar. pf: the
+// same K offsets of later W rows, asked for into L2 a line per row per 16 floats.
+template <int NR, int MB, typename WT, typename LT>
+DUOMEM_INLINE void lora_dot8(const WT* w, int64_t ldw, const float* x, int64_t ldx, int64_t K, const WT* pf,
+                             const LT* const* b, int64_t r, const float* st, int64_t ldt, const float* bias,
+                             float* out, int64_t ldo, bool add_out) {
+  __m256 acc[NR][MB];
+  for (int i = 0; i < NR; ++i)
+    for (int j = 0; j < MB; ++j) acc[i][j] = _mm256_setzero_ps();
+  const int64_t K8 = K / 8 * 8, r8 = r / 8 * 8;
+  for (int64_t k = 0; k < K8; k += 8) {
+    if (pf && k % 16 == 0)
+      for (int i = 0; i < NR; ++i) _mm_prefetch(reinterpret_cast<const char*>(pf + i * ldw + k), _MM_HINT_T1);
+    __m256 xv[MB];
+    for (int j = 0; j < MB; ++j) {
+      xv[j] = _mm256_loadu_ps(x + j * ldx + k);
+      DUOMEM_PIN8(xv[j]);
+    }
+    for (int i = 0; i < NR; ++i) {
+      __m256 wv = load8(w + i * ldw + k);
+      DUOMEM_PIN8(wv);
+      for (int j = 0; j < MB; ++j) acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]);
+    }
+  }
+  for (int j = 0; j < MB; ++j) {  // the LoRA expand: r more products of each dot
+    if (!b[j]) continue;
+    for (int64_t l = 0; l < r8; l += 8) {
+      const __m256 sv = _mm256_loadu_ps(st + j * ldt + l);
+      for (int i = 0; i < NR; ++i) acc[i][j] = _mm256_fmadd_ps(load8(b[j] + i * r + l), sv, acc[i][j]);
+    }
+  }
+  for (int j = 0; j < MB; ++j)
+    for (int i = 0; i < NR; ++i) {
+      float y = vec8::hsum8(acc[i][j]);
+      for (int64_t k = K8; k < K; ++k) y += to_f(w[i * ldw + k]) * x[j * ldx + k];
+      if (b[j])
+        for (int64_t l = r8; l < r; ++l) y += to_f(b[j][i * r + l]) * st[j * ldt + l];
+      if (bias) y += bias[i];
+      out[j * ldo + i] = add_out ? out[j * ldo + i] + y : y;
+    }
+}
+
+// NB W rows in groups of NR: 8 for one x row (8 independent FMA chains), 4 for two or three, 2 for four.
+template <int NB, int MB, typename WT, typename LT>
+inline void lora_dot(const WT* w, int64_t ldw, const float* x, int64_t ldx, int64_t K, const WT* pf,
+                     const LT* const* b, int64_t r, const float* st, int64_t ldt, const float* bias, float* out,
+                     int64_t ldo, bool add_out) {
+  constexpr int NR = std::min(NB, MB == 1 ? 8 : MB <= 3 ? 4 : 2);
+  static_assert(NB % NR == 0, "W rows come in whole groups");
+  for (int i0 = 0; i0 < NB; i0 += NR) {
+    const LT* bi[MB];
+    for (int j = 0; j < MB; ++j) bi[j] = b[j] ? b[j] + i0 * r : nullptr;
+    lora_dot8<NR, MB>(w + i0 * ldw, ldw, x, ldx, K, pf ? pf + i0 * ldw : nullptr, bi, r, st, ldt,
+                      bias ? bias + i0 : nullptr, out + i0, ldo, add_out);
+  }
+}
+#elif !defined(__AVX512F__)
 template <int NB, int MB, typename WT, typename LT>
 inline void lora_dot(const WT* w, int64_t ldw, const float* x, int64_t ldx, int64_t K, const WT* /*pf*/,
                      const LT* const* b, int64_t r, const float* st, int64_t ldt, const float* bias, float* out,
