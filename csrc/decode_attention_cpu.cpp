@@ -243,7 +243,8 @@ void attend_run(std::vector<HeadState>& heads, int64_t D, const KVSegment& sg, i
     const int64_t ahead = std::max<int64_t>(0, std::min(kBlock, sg.n + beyond - n0 - nb));
 #ifdef DUOMEM_AVX2
     if (D % 16 == 0) {  // the next block's rows hold every head: one cursor over its K, then its V, for all heads
-      vec8::Ahead next(sg.k + (n0 + nb) * sg.ld, sg.v + (n0 + nb) * sg.ld, ahead * sg.ld * 4);
+      const int64_t bytes = ahead * sg.ld * static_cast<int64_t>(sizeof(float));
+      vec8::Ahead next(sg.k + (n0 + nb) * sg.ld, sg.v + (n0 + nb) * sg.ld, bytes);
       for (int64_t h = 0; h < Hkv; ++h)
         attend_block8(heads[h], sg.k + n0 * sg.ld + h * D, sg.v + n0 * sg.ld + h * D, sg.ld, nb, scale, sp, next);
       continue;
