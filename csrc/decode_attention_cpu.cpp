@@ -204,7 +204,7 @@ void attend_block(HeadState& st, const float* k, const float* v, int64_t ld, int
 
 #ifdef DUOMEM_AVX2
 // attend_block on 8-lane registers (D % 16 == 0), stepping ahead (the next block's K and V lines) as it goes: one
-// line per 8 FMAs of the scores and per 6 of P·V, about as many steps as a 64-key block of 3 heads has lines.
+// step per 8 FMAs of the scores and per 2G of P·V.
 void attend_block8(HeadState& st, const float* k, const float* v, int64_t ld, int64_t nb, float scale, float* s,
                    vec8::Ahead& ahead) {
   int64_t n = 0;
@@ -244,7 +244,9 @@ void attend_run(std::vector<HeadState>& heads, int64_t D, const KVSegment& sg, i
 #ifdef DUOMEM_AVX2
     if (D % 16 == 0) {  // the next block's rows hold every head: one cursor over its K, then its V, for all heads
       const int64_t bytes = ahead * sg.ld * static_cast<int64_t>(sizeof(float));
-      vec8::Ahead next(sg.k + (n0 + nb) * sg.ld, sg.v + (n0 + nb) * sg.ld, bytes);
+      const int64_t G = heads[0].G;  // steps: scores8's per 8 keys x 8 dims x row, pv_rows' per key x 16 dims
+      const int64_t steps = Hkv * (G * (nb / 8) * (D / 8) + (G + 3) / 4 * (D / 16) * nb);
+      vec8::Ahead next(sg.k + (n0 + nb) * sg.ld, sg.v + (n0 + nb) * sg.ld, bytes, steps);
       for (int64_t h = 0; h < Hkv; ++h)
         attend_block8(heads[h], sg.k + n0 * sg.ld + h * D, sg.v + n0 * sg.ld + h * D, sg.ld, nb, scale, sp, next);
       continue;
