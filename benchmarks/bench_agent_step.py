@@ -116,7 +116,7 @@ class OursNoAMX(Ours):
         try:
             return fn(*args)
         finally:
-            ops._C.set_block_gemm("amx")  # the defaults
+            ops._C.set_block_gemm("auto")  # the defaults
             ops._C.set_attention_amx(False)
 
     def start(self, playbook):

@@ -14,9 +14,9 @@ namespace duomem {
 // tile state).
 bool block_gemm_amx_available();
 
-// The many-row path for blocks: true = AMX where available (default), false = widen to fp32 and run oneDNN's fp32
-// GEMM (set_block_gemm, to compare).
-inline std::atomic<bool>& block_gemm_amx_flag() {
+// The many-row path for blocks: true = a fused path where the build and CPU have one (default: AMX tiles here, else
+// block_gemm_avx2's register blocks), false = widen to fp32 and run oneDNN's fp32 GEMM (set_block_gemm, to compare).
+inline std::atomic<bool>& block_gemm_fused_flag() {
   static std::atomic<bool> on{true};
   return on;
 }

@@ -1,8 +1,9 @@
 // lora_linear over a weight kept in GGUF blocks (blocks.h): y = x Wᵀ + s·(x Aᵀ) Bᵀ (+ bias) with W widened exactly
 // in registers. Up to 32 rows of x (decode, a few sessions, verification tokens, scored candidates): a GEMV that
 // reads the blocks once, 6 (Q4_1) or 9 (Q8_0) bits a weight instead of fp32's 32. More rows (prefill, an appended
-// observation) are compute-bound: AMX tiles over the blocks where the CPU has them (block_gemm_amx.cpp), else W is
-// widened into fp32 scratch and the fp32 path (oneDNN) runs as for fp32 W.
+// observation) are compute-bound: AMX tiles over the blocks where the CPU has them (block_gemm_amx.cpp), fp32
+// register blocks over a few widened W rows at a time on AVX2 builds (block_gemm_avx2.cpp), else W is widened into
+// fp32 scratch and the fp32 path (oneDNN) runs as for fp32 W.
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "block_gemm_amx.h"
+#include "block_gemm_avx2.h"
 #include "blocks.h"
 #include "decode_cpu.h"
 #include "parallel.h"
@@ -173,8 +175,9 @@ at::Tensor block_lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
   const bool fp32_lora = !lora || (lora_a->scalar_type() == at::kFloat && lora_b.has_value() &&
                                    lora_b->defined() && lora_b->scalar_type() == at::kFloat && lora_a->dim() == 2);
   const bool plain = !multi && fp32_lora && !(scales.has_value() && scales->defined()) && M > 0;
-  const bool amx = M > kMaxGemvRows && block_gemm_amx_flag().load() && block_gemm_amx_available();
-  if ((M > kMaxGemvRows && !amx) || !plain)
+  const bool fused = M > kMaxGemvRows && block_gemm_fused_flag().load();
+  const bool amx = fused && block_gemm_amx_available(), avx2 = fused && !amx && block_gemm_avx2_available();
+  if ((M > kMaxGemvRows && !amx && !avx2) || !plain)
     return lora_linear_cpu(x, widen_scratch(weight), lora_a, lora_b, scale, scales, bias, adapter_ids);
   at::Tensor w = weight.stride(2) == 1 && weight.stride(1) == weight.size(2) ? weight : weight.contiguous();
   at::Tensor xf = x.reshape({M, K}).to(at::kFloat).contiguous();
@@ -196,6 +199,13 @@ at::Tensor block_lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
     block_gemm_amx(w.data_ptr<uint8_t>(), w.stride(0), f, N, K, xf.data_ptr<float>(), M,
                    bf.defined() ? bf.data_ptr<float>() : nullptr, y.data_ptr<float>());
     if (lora) y.view({M, N}).addmm_(at::mm(xf, lora_a->t()), lora_b->t(), 1.0, scale);
+    return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
+  }
+  if (avx2) {  // the LoRA shrink and expand inside the register blocks
+    at::Tensor A = lora ? lora_a->contiguous() : at::Tensor(), B = lora ? lora_b->contiguous() : at::Tensor();
+    block_gemm_avx2(w.data_ptr<uint8_t>(), w.stride(0), f, N, K, xf.data_ptr<float>(), M,
+                    lora ? A.data_ptr<float>() : nullptr, lora ? B.data_ptr<float>() : nullptr, lora ? B.size(1) : 0,
+                    static_cast<float>(scale), bf.defined() ? bf.data_ptr<float>() : nullptr, y.data_ptr<float>());
     return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
   }
   at::Tensor t, B;

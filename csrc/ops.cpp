@@ -8,6 +8,7 @@
 #include "amx.h"
 #include "attention_tiles.h"
 #include "block_gemm_amx.h"
+#include "block_gemm_avx2.h"
 #include "decode_cpu.h"
 #include "vec_avx2.h"
 #include "weight_reuse.h"
@@ -186,13 +187,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     duomem::stream_ahead_flag().store(bytes);
   }, "lora_linear's row streams: software look-ahead in bytes (0 = the tuned default), to compare");
   m.def("set_block_gemm", [](const std::string& mode) {
-    TORCH_CHECK(mode == "amx" || mode == "widen", "block GEMM mode must be 'amx' or 'widen', got '", mode, "'");
-    duomem::block_gemm_amx_flag().store(mode == "amx");
-  }, "lora_linear over GGUF blocks with more than 32 rows: 'amx' (AMX tiles where the CPU has them, default) or "
-     "'widen' (widen to fp32, then oneDNN), to compare");
+    TORCH_CHECK(mode == "auto" || mode == "widen", "block GEMM mode must be 'auto' or 'widen', got '", mode, "'");
+    duomem::block_gemm_fused_flag().store(mode == "auto");
+  }, "lora_linear over GGUF blocks with more than 32 rows: 'auto' (default: AMX tiles where the CPU has them, else "
+     "the AVX2 register blocks on AVX2 builds, else widen) or 'widen' (widen to fp32, then oneDNN), to compare");
   m.def("block_gemm", [] {
-    return duomem::block_gemm_amx_flag().load() && duomem::block_gemm_amx_available() ? "amx" : "widen";
-  }, "the path lora_linear takes over GGUF blocks with more than 32 rows: 'amx' or 'widen'");
+    if (!duomem::block_gemm_fused_flag().load()) return "widen";
+    if (duomem::block_gemm_amx_available()) return "amx";
+    return duomem::block_gemm_avx2_available() ? "avx2" : "widen";
+  }, "the path lora_linear takes over GGUF blocks with more than 32 rows: 'amx', 'avx2' or 'widen'");
   m.def("set_attention_amx", [](bool on) { duomem::attention_amx_flag().store(on); },
         "attention of 96+ query rows per KV head with head dim 64 (appends, prefills): AMX tiles where the CPU has "
         "them (True) or fp32 register tiles (False, default)");

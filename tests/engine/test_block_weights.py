@@ -88,5 +88,5 @@ def test_amx_paths_decode_like_transformers(amx_shaped_dir, tmp_path):
         ops._C.set_attention_amx(False)
         assert _ours_greedy(engine, ids, 16, split=40) == ref
     finally:
-        ops._C.set_block_gemm("amx")
+        ops._C.set_block_gemm("auto")
         ops._C.set_attention_amx(False)

@@ -79,25 +79,29 @@ def test_lora_linear_over_blocks(backend, fmt, M, r, use_backend):
 
 @pytest.fixture
 def block_gemm():
-    """Choose the many-row path over blocks ('amx' or 'widen'); the default is restored after."""
+    """Choose the many-row path over blocks ('auto' or 'widen'); the default is restored after."""
     yield ops._C.set_block_gemm
-    ops._C.set_block_gemm("amx")
+    ops._C.set_block_gemm("auto")
 
 
 @pytest.mark.skipif(not ops.HAS_NATIVE, reason="duomem_fast._C not built")
-@pytest.mark.parametrize("mode", ["amx", "widen"])
+@pytest.mark.parametrize("mode", ["amx", "avx2", "widen"])
 @pytest.mark.parametrize("fmt", SNAPS)
 @pytest.mark.parametrize("M", [33, 64, 77, 130])
-def test_many_rows_over_blocks(mode, fmt, M, block_gemm, use_backend):
-    """More than 32 rows (an append, a prefill): AMX tiles over the blocks (x split exactly into three bf16 parts)
-    or the matrix widened for oneDNN. Both sum fp32 products in fp32, in different orders, so each is held to the
+@pytest.mark.parametrize("N", [151, 40])
+def test_many_rows_over_blocks(mode, fmt, M, N, block_gemm, use_backend):
+    """More than 32 rows (an append, a prefill): AMX tiles over the blocks (x split exactly into three bf16 parts),
+    fp32 register blocks over a few widened W rows (AVX2 builds, the LoRA expand as r more steps of each sum) or the
+    matrix widened for oneDNN. Each sums fp32 products in fp32, in different orders, so each is held to the
     error bound of an fp32 dot product against the float64 product (x of every magnitude: a lost bit of the split
     would show), not to elementwise agreement with one order."""
-    block_gemm(mode)
+    block_gemm("widen" if mode == "widen" else "auto")
     if ops._C.block_gemm() != mode:
-        pytest.skip("this CPU or build has no AMX-BF16")
+        pytest.skip(f"this CPU or build takes the {ops._C.block_gemm()} path, not {mode}")
     use_backend("native")
-    N, K, r = 150, 160, 8  # 150: W rows in two full 64-row units and a partial one, the last 16-row tile partial
+    # N = 151: AMX's two full 64-row units and a partial one, the last 16-row tile partial; AVX2's three 48-row units
+    # and one of 7 (a 6-row group and a 1-row one). N = 40: 6-row groups and a 4-row one. M: partial 16-row panels.
+    K, r = 160, 8
     w = gguf_like(N, K, fmt)
     x = torch.randn(2, M, K) * torch.logspace(-6, 6, K)  # 3-D; magnitudes far apart exercise the bf16 split
     a, b, bias = torch.randn(r, K) / K ** 0.5, torch.randn(N, r) / r ** 0.5, torch.randn(N)
@@ -120,7 +124,7 @@ def test_many_rows_over_blocks(mode, fmt, M, block_gemm, use_backend):
 
 @pytest.mark.skipif(not ops.HAS_NATIVE, reason="duomem_fast._C not built")
 def test_block_gemm_mode_is_checked():
-    with pytest.raises(RuntimeError, match="block GEMM mode must be 'amx' or 'widen', got 'fast'"):
+    with pytest.raises(RuntimeError, match="block GEMM mode must be 'auto' or 'widen', got 'fast'"):
         ops._C.set_block_gemm("fast")
 
 
