@@ -1,9 +1,9 @@
 // lora_linear over a weight kept in GGUF blocks (blocks.h): y = x Wᵀ + s·(x Aᵀ) Bᵀ (+ bias) with W widened exactly
 // in registers. Up to 32 rows of x (decode, a few sessions, verification tokens, scored candidates): a GEMV that
-// reads the blocks once, 6 (Q4_1) or 9 (Q8_0) bits a weight instead of fp32's 32. More rows (prefill, an appended
-// observation) are compute-bound: AMX tiles over the blocks where the CPU has them (block_gemm_amx.cpp), fp32
-// register blocks over a few widened W rows at a time on AVX2 builds (block_gemm_avx2.cpp), else W is widened into
-// fp32 scratch and the fp32 path (oneDNN) runs as for fp32 W.
+// reads the blocks once, 6 (Q4_1) or 9 (Q8_0) bits a weight instead of fp32's 32 (up to 12 rows on AVX2 builds).
+// More rows (prefill, an appended observation) are compute-bound: AMX tiles over the blocks where the CPU has them
+// (block_gemm_amx.cpp), fp32 register blocks over a few widened W rows at a time on AVX2 builds
+// (block_gemm_avx2.cpp), else W is widened into fp32 scratch and the fp32 path (oneDNN) runs as for fp32 W.
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -25,6 +25,11 @@ using blocks::Format;
 // GEMM: 30 of the model's matrices, 1 thread, min of 5, three alternations, ms GEMV / widen+GEMM: M=24 15-26 /
 // 27-29, M=32 20-37 / 28-35, M=48 31-47 / 31-42, M=60 40-54 / 38-44, M=96 67-90 / 52-68.
 constexpr int64_t kMaxGemvRows = 32;
+// The same against block_gemm_avx2's register blocks (AVX2 builds), 576 -> 576 / 192 / 1536, 1536 -> 576 and
+// 576 -> 49152, r = 16, 1 thread, W cold, p25 of 15, us GEMV / blocks: M=8 109/141, 44/65, 253/310, 336/309,
+// 7839/9604; M=12 176/182, 69/72, 422/414, 491/447, 13164/12954; M=16 194/163, 79/67, 490/412, 663/400,
+// 15340/12573; M=32 415/292, 176/113, 995/733, 1374/731, 30864/22699.
+constexpr int64_t kMaxGemvRowsAvx2 = 12;
 // Rows of W per unit of work. The default model's 121 matrices in decode order (111 MB of blocks), 2 threads, p25 of
 // 8 passes: 32 rows (the fp32 kernel's) 10.7 ms, as slow as one thread; 128 rows 7.2-7.5; 288 rows 7.9-8.2.
 constexpr int64_t kChunkRows = 128;
@@ -175,8 +180,9 @@ at::Tensor block_lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
   const bool fp32_lora = !lora || (lora_a->scalar_type() == at::kFloat && lora_b.has_value() &&
                                    lora_b->defined() && lora_b->scalar_type() == at::kFloat && lora_a->dim() == 2);
   const bool plain = !multi && fp32_lora && !(scales.has_value() && scales->defined()) && M > 0;
-  const bool fused = M > kMaxGemvRows && block_gemm_fused_flag().load();
-  const bool amx = fused && block_gemm_amx_available(), avx2 = fused && !amx && block_gemm_avx2_available();
+  const bool fused = block_gemm_fused_flag().load();
+  const bool amx = fused && M > kMaxGemvRows && block_gemm_amx_available();
+  const bool avx2 = fused && M > kMaxGemvRowsAvx2 && !block_gemm_amx_available() && block_gemm_avx2_available();
   if ((M > kMaxGemvRows && !amx && !avx2) || !plain)
     return lora_linear_cpu(x, widen_scratch(weight), lora_a, lora_b, scale, scales, bias, adapter_ids);
   at::Tensor w = weight.stride(2) == 1 && weight.stride(1) == weight.size(2) ? weight : weight.contiguous();

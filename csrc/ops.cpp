@@ -189,13 +189,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_block_gemm", [](const std::string& mode) {
     TORCH_CHECK(mode == "auto" || mode == "widen", "block GEMM mode must be 'auto' or 'widen', got '", mode, "'");
     duomem::block_gemm_fused_flag().store(mode == "auto");
-  }, "lora_linear over GGUF blocks with more than 32 rows: 'auto' (default: AMX tiles where the CPU has them, else "
-     "the AVX2 register blocks on AVX2 builds, else widen) or 'widen' (widen to fp32, then oneDNN), to compare");
+  }, "lora_linear over GGUF blocks with many rows: 'auto' (default: AMX tiles past 32 rows where the CPU has them, "
+     "else the AVX2 register blocks past 12 rows on AVX2 builds, else widen past 32) or 'widen' (widen to fp32, then "
+     "oneDNN, past 32 rows), to compare");
   m.def("block_gemm", [] {
     if (!duomem::block_gemm_fused_flag().load()) return "widen";
     if (duomem::block_gemm_amx_available()) return "amx";
     return duomem::block_gemm_avx2_available() ? "avx2" : "widen";
-  }, "the path lora_linear takes over GGUF blocks with more than 32 rows: 'amx', 'avx2' or 'widen'");
+  }, "the path lora_linear takes over GGUF blocks with many rows: 'amx', 'avx2' or 'widen'");
   m.def("set_attention_amx", [](bool on) { duomem::attention_amx_flag().store(on); },
         "attention of 96+ query rows per KV head with head dim 64 (appends, prefills): AMX tiles where the CPU has "
         "them (True) or fp32 register tiles (False, default)");

@@ -87,10 +87,10 @@ def block_gemm():
 @pytest.mark.skipif(not ops.HAS_NATIVE, reason="duomem_fast._C not built")
 @pytest.mark.parametrize("mode", ["amx", "avx2", "widen"])
 @pytest.mark.parametrize("fmt", SNAPS)
-@pytest.mark.parametrize("M", [33, 64, 77, 130])
+@pytest.mark.parametrize("M", [13, 33, 64, 77, 130])
 @pytest.mark.parametrize("N", [151, 40])
 def test_many_rows_over_blocks(mode, fmt, M, N, block_gemm, use_backend):
-    """More than 32 rows (an append, a prefill): AMX tiles over the blocks (x split exactly into three bf16 parts),
+    """Many rows (an append, a prefill): AMX tiles over the blocks (x split exactly into three bf16 parts),
     fp32 register blocks over a few widened W rows (AVX2 builds, the LoRA expand as r more steps of each sum) or the
     matrix widened for oneDNN. Each sums fp32 products in fp32, in different orders, so each is held to the
     error bound of an fp32 dot product against the float64 product (x of every magnitude: a lost bit of the split
@@ -100,7 +100,8 @@ def test_many_rows_over_blocks(mode, fmt, M, N, block_gemm, use_backend):
         pytest.skip(f"this CPU or build takes the {ops._C.block_gemm()} path, not {mode}")
     use_backend("native")
     # N = 151: AMX's two full 64-row units and a partial one, the last 16-row tile partial; AVX2's three 48-row units
-    # and one of 7 (a 6-row group and a 1-row one). N = 40: 6-row groups and a 4-row one. M: partial 16-row panels.
+    # and one of 7 (a 6-row group and a 1-row one). N = 40: 6-row groups and a 4-row one. M: partial 16-row panels
+    # (13: the fewest rows AVX2 builds give the register blocks; the others take the GEMV there).
     K, r = 160, 8
     w = gguf_like(N, K, fmt)
     x = torch.randn(2, M, K) * torch.logspace(-6, 6, K)  # 3-D; magnitudes far apart exercise the bf16 split
