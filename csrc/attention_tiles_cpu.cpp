@@ -128,6 +128,11 @@ void transpose_block(const float* k, int64_t ld, int64_t nk, int64_t D, float* k
 
 void tile_step(const float* q, int64_t D, const float* kt, const float* v, int64_t ld, int64_t nk, const int64_t* vis,
                float* m, float* l, float* o, float* p) {
+  bool full = nk == kTileKeys;  // every row sees the whole block (all but a causal edge): no mask, max taken as
+  for (int i = 0; i < kTileRows; ++i) full = full && vis[i] == nk;  // the scores leave their registers
+  const __m256 ninf = _mm256_set1_ps(-INFINITY), iota = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+  __m256 mx8[kTileRows];
+  for (int i = 0; i < kTileRows; ++i) mx8[i] = ninf;
   for (int64_t c0 = 0; c0 < kTileKeys; c0 += 16) {
     __m256 s[kTileRows][2];
     for (int i = 0; i < kTileRows; ++i) s[i][0] = s[i][1] = _mm256_setzero_ps();
@@ -141,22 +146,24 @@ void tile_step(const float* q, int64_t D, const float* kt, const float* v, int64
         s[i][1] = _mm256_fmadd_ps(qb, k1, s[i][1]);
       }
     }
-    for (int i = 0; i < kTileRows; ++i)
+    for (int i = 0; i < kTileRows; ++i) {
       for (int c = 0; c < 2; ++c) _mm256_storeu_ps(p + i * kTileKeys + c0 + 8 * c, s[i][c]);
+      if (full) mx8[i] = _mm256_max_ps(mx8[i], _mm256_max_ps(s[i][0], s[i][1]));
+    }
   }
-  const __m256 ninf = _mm256_set1_ps(-INFINITY), iota = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
   float alpha[kTileRows];
   for (int i = 0; i < kTileRows; ++i) {
     float* pi = p + i * kTileKeys;
-    const __m256 vi = _mm256_set1_ps(static_cast<float>(vis[i]));
-    __m256 mx8 = ninf;
-    for (int c = 0; c < kTileKeys / 8; ++c) {  // keys at or past vis[i] -> -inf
-      const __m256 seen = _mm256_cmp_ps(_mm256_add_ps(iota, _mm256_set1_ps(8.f * c)), vi, _CMP_LT_OQ);
-      const __m256 sc = _mm256_blendv_ps(ninf, _mm256_loadu_ps(pi + 8 * c), seen);
-      _mm256_storeu_ps(pi + 8 * c, sc);
-      mx8 = _mm256_max_ps(mx8, sc);
+    if (!full) {
+      const __m256 vi = _mm256_set1_ps(static_cast<float>(vis[i]));
+      for (int c = 0; c < kTileKeys / 8; ++c) {  // keys at or past vis[i] -> -inf
+        const __m256 seen = _mm256_cmp_ps(_mm256_add_ps(iota, _mm256_set1_ps(8.f * c)), vi, _CMP_LT_OQ);
+        const __m256 sc = _mm256_blendv_ps(ninf, _mm256_loadu_ps(pi + 8 * c), seen);
+        _mm256_storeu_ps(pi + 8 * c, sc);
+        mx8[i] = _mm256_max_ps(mx8[i], sc);
+      }
     }
-    const float mx = std::max(m[i], vec8::hmax8(mx8));
+    const float mx = std::max(m[i], vec8::hmax8(mx8[i]));
     alpha[i] = std::exp(m[i] - mx);
     const __m256 vm = _mm256_set1_ps(mx);
     __m256 sum = _mm256_setzero_ps();
@@ -168,9 +175,7 @@ void tile_step(const float* q, int64_t D, const float* kt, const float* v, int64
     l[i] = l[i] * alpha[i] + vec8::hsum8(sum);
     m[i] = mx;
   }
-  for (int i = 0; i < kTileRows; ++i)
-    for (int64_t d = 0; d < D; ++d) o[i * D + d] *= alpha[i];
-  vec8::pv_rows<kTileRows>(o, D, p, kTileKeys, v, ld, nk, D);
+  vec8::pv_rows<kTileRows>(o, D, p, kTileKeys, v, ld, nk, D, nullptr, alpha);  // o rescaled by alpha as loaded
 }
 #endif
 

@@ -106,14 +106,18 @@ struct Ahead {
 
 // o_i += sum_j p[i * ldp + j] v_j for NG rows (o rows ldo apart) over nb keys (v rows ldv apart), D % 16 == 0:
 // NG x 2 accumulators over a 16-dim slice (up to 6 rows fit the 16 registers with the V vectors and a broadcast),
-// each V vector loaded once for the NG rows. ahead: one step per key per 16-dim slice, or none.
+// each V vector loaded once for the NG rows. ahead: one step per key per 16-dim slice, or none. alpha: o_i is first
+// scaled by alpha[i] (an online softmax's rescale, as it is loaded), or not.
 template <int NG>
 inline void pv_rows(float* o, int64_t ldo, const float* p, int64_t ldp, const float* v, int64_t ldv, int64_t nb,
-                    int64_t D, Ahead* ahead = nullptr) {
+                    int64_t D, Ahead* ahead = nullptr, const float* alpha = nullptr) {
   for (int64_t d0 = 0; d0 < D; d0 += 16) {
     __m256 acc[NG][2];
     for (int i = 0; i < NG; ++i)
-      for (int c = 0; c < 2; ++c) acc[i][c] = _mm256_loadu_ps(o + i * ldo + d0 + 8 * c);
+      for (int c = 0; c < 2; ++c) {
+        acc[i][c] = _mm256_loadu_ps(o + i * ldo + d0 + 8 * c);
+        if (alpha) acc[i][c] = _mm256_mul_ps(acc[i][c], _mm256_broadcast_ss(alpha + i));
+      }
     for (int64_t j = 0; j < nb; ++j) {
       if (ahead) ahead->step();
       __m256 v0 = _mm256_loadu_ps(v + j * ldv + d0), v1 = _mm256_loadu_ps(v + j * ldv + d0 + 8);
