@@ -131,47 +131,86 @@ DUOMEM_INLINE void widen8(const uint8_t* blk, __m256 (&w)[4]) {
   }
 }
 
-// block_dots on 8-lane registers. One x row (decode): the NB W rows side by side, 2 accumulators each (a 1536 x 576
-// GEMV, hot: 3.0 -> 2.3-2.8 ns a block against one row at a time). More x rows: one W row at a time (16 registers
-// do not hold NB x MB accumulators), each widened block feeding the MB x rows.
+// One block of a W row against x's 32 values at xk, into two accumulators. xk is made opaque first, so x is read
+// from L1 for each W row rather than kept: 4 rows x 2 accumulators, the widening's 7 registers and 4 x vectors do
+// not fit 16, and GCC then kept the accumulators on the stack (a store, and for some a reload, per block).
+template <Format F>
+DUOMEM_INLINE void dot_block8(const uint8_t* blk, const float* xk, __m256& a0, __m256& a1) {
+  asm volatile("" : "+r"(xk));
+  __m256 wv[4];
+  widen8<F>(blk, wv);
+  a0 = _mm256_fmadd_ps(wv[0], _mm256_loadu_ps(xk), a0);
+  a1 = _mm256_fmadd_ps(wv[1], _mm256_loadu_ps(xk + 8), a1);
+  a0 = _mm256_fmadd_ps(wv[2], _mm256_loadu_ps(xk + 16), a0);
+  a1 = _mm256_fmadd_ps(wv[3], _mm256_loadu_ps(xk + 24), a1);
+}
+
+// Decode's GEMV: 4 W rows side by side against one x row, 2 named accumulators each; s[i] = row i's sums.
+template <Format F>
+inline void dots_4rows(const uint8_t* w, int64_t ldw, int64_t nblk, const float* x, const uint8_t* pf, __m256* s) {
+  constexpr int S = bytes(F);
+  const __m256 z = _mm256_setzero_ps();
+  __m256 a00 = z, a01 = z, a10 = z, a11 = z, a20 = z, a21 = z, a30 = z, a31 = z;
+  for (int64_t k = 0; k < nblk; ++k) {
+    if (pf)
+      for (int i = 0; i < 4; ++i) _mm_prefetch(reinterpret_cast<const char*>(pf) + i * ldw + k * S, _MM_HINT_T1);
+    const float* xk = x + k * kBlock;
+    dot_block8<F>(w + k * S, xk, a00, a01);
+    dot_block8<F>(w + ldw + k * S, xk, a10, a11);
+    dot_block8<F>(w + 2 * ldw + k * S, xk, a20, a21);
+    dot_block8<F>(w + 3 * ldw + k * S, xk, a30, a31);
+  }
+  s[0] = _mm256_add_ps(a00, a01);
+  s[1] = _mm256_add_ps(a10, a11);
+  s[2] = _mm256_add_ps(a20, a21);
+  s[3] = _mm256_add_ps(a30, a31);
+}
+
+// out[j, i] from row i's sums a against x row j: the LoRA expand's r more products (b rows, t rows), the bias.
+DUOMEM_INLINE void finish_dot(__m256 a, const float* bi, int64_t r, const float* tj, const float* bias, float* out) {
+  if (bi) {  // the LoRA expand: r more products of the row's dot
+    int64_t c = 0;
+    for (; c + 8 <= r; c += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(bi + c), _mm256_loadu_ps(tj + c), a);
+    if (c < r) {  // a masked load is slow on AMD cores: the tail only
+      const __m256i m = vec8::mask8(r - c);
+      a = _mm256_fmadd_ps(_mm256_maskload_ps(bi + c, m), _mm256_maskload_ps(tj + c, m), a);
+    }
+  }
+  *out = vec8::hsum8(a) + (bias ? *bias : 0.f);
+}
+
+// block_dots on 8-lane registers. One x row (decode): 4 W rows side by side (dots_4rows; a 1536 x 576 GEMV, hot:
+// 3.0 -> 2.3-2.8 ns a block against one row at a time, stop 22). More x rows: one W row at a time (16 registers do
+// not hold NB x MB accumulators), each widened block feeding the MB x rows.
 template <Format F, int NB, int MB>
 inline void block_dots(const uint8_t* w, int64_t ldw, int64_t nblk, const float* x, int64_t ldx, const uint8_t* pf,
                        const float* b, int64_t r, const float* t, int64_t ldt, const float* bias, float* out,
                        int64_t ldo) {
-  constexpr int S = bytes(F), R = MB == 1 ? NB : 1, U = MB == 1 ? (R == 1 ? 4 : 2) : MB == 2 ? 2 : 1;
-  for (int i0 = 0; i0 < NB; i0 += R) {
-    __m256 acc[R][MB][U];
-    for (int i = 0; i < R; ++i)
-      for (int j = 0; j < MB; ++j)
-        for (int u = 0; u < U; ++u) acc[i][j][u] = _mm256_setzero_ps();
+  if constexpr (MB == 1 && NB == 4) {
+    __m256 s[4];
+    dots_4rows<F>(w, ldw, nblk, x, pf, s);
+    for (int i = 0; i < 4; ++i) finish_dot(s[i], b ? b + i * r : nullptr, r, t, bias ? bias + i : nullptr, out + i);
+    return;
+  }
+  constexpr int S = bytes(F), U = MB == 1 ? 4 : MB == 2 ? 2 : 1;
+  for (int i = 0; i < NB; ++i) {
+    __m256 acc[MB][U];
+    for (int j = 0; j < MB; ++j)
+      for (int u = 0; u < U; ++u) acc[j][u] = _mm256_setzero_ps();
     for (int64_t k = 0; k < nblk; ++k) {
-      for (int i = 0; i < R; ++i) {
-        if (pf) _mm_prefetch(reinterpret_cast<const char*>(pf) + (i0 + i) * ldw + k * S, _MM_HINT_T1);
-        __m256 wv[4];
-        widen8<F>(w + (i0 + i) * ldw + k * S, wv);
-        for (int j = 0; j < MB; ++j) {
-          const float* xk = x + j * ldx + k * kBlock;
-          for (int c = 0; c < 4; ++c)
-            acc[i][j][c % U] = _mm256_fmadd_ps(wv[c], _mm256_loadu_ps(xk + 8 * c), acc[i][j][c % U]);
-        }
+      if (pf) _mm_prefetch(reinterpret_cast<const char*>(pf) + i * ldw + k * S, _MM_HINT_T1);
+      __m256 wv[4];
+      widen8<F>(w + i * ldw + k * S, wv);
+      for (int j = 0; j < MB; ++j) {
+        const float* xk = x + j * ldx + k * kBlock;
+        for (int c = 0; c < 4; ++c) acc[j][c % U] = _mm256_fmadd_ps(wv[c], _mm256_loadu_ps(xk + 8 * c), acc[j][c % U]);
       }
     }
-    for (int i = 0; i < R; ++i)
-      for (int j = 0; j < MB; ++j) {
-        __m256 a = acc[i][j][0];
-        for (int u = 1; u < U; ++u) a = _mm256_add_ps(a, acc[i][j][u]);
-        if (b) {  // the LoRA expand: r more products of the row's dot
-          const float* bi = b + (i0 + i) * r;
-          const float* tj = t + j * ldt;
-          int64_t c = 0;
-          for (; c + 8 <= r; c += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(bi + c), _mm256_loadu_ps(tj + c), a);
-          if (c < r) {  // a masked load is slow on AMD cores: the tail only
-            const __m256i m = vec8::mask8(r - c);
-            a = _mm256_fmadd_ps(_mm256_maskload_ps(bi + c, m), _mm256_maskload_ps(tj + c, m), a);
-          }
-        }
-        out[j * ldo + i0 + i] = vec8::hsum8(a) + (bias ? bias[i0 + i] : 0.f);
-      }
+    for (int j = 0; j < MB; ++j) {
+      __m256 a = acc[j][0];
+      for (int u = 1; u < U; ++u) a = _mm256_add_ps(a, acc[j][u]);
+      finish_dot(a, b ? b + i * r : nullptr, r, t + j * ldt, bias ? bias + i : nullptr, out + j * ldo + i);
+    }
   }
 }
 #else
