@@ -16,7 +16,8 @@ greedily (EOS ignored, so every engine does the same work). Engines, in one proc
                          values, a fifth of the bytes)
   5. ours merged         duomem_fast Engine, adapter merged (merged weights are no longer blocks: fp32 matrices)
   extra rows: ours unmerged with the base weights as fp32 matrices (--fp32-row: the engine before the blocks), ours
-  unmerged without AMX tiles (blocks widened to fp32 for oneDNN's GEMM, fp32 attention tiles: --amx-row), ours
+  unmerged with its blocks widened to fp32 for oneDNN's GEMM in appends instead of the fused many-row path (AMX
+  tiles, or AVX2 register blocks; attention on fp32 tiles: --widen-row), ours
   unmerged with the eager layer loop (fused_decode=False: decode tokens and appends without ops.decode_step and
   ops.append_step; --eager-row), ours merged with one-row GEMVs in 8-row blocks (the decode GEMV before the
   single-row stream; --blocks-row), ours with
@@ -104,10 +105,10 @@ class OursBlocks(Ours):
             ops._C.set_lora_single_row_stream(True)
 
 
-class OursNoAMX(Ours):
-    """Ours without AMX tiles: the blocks widened to fp32 for oneDNN's GEMM in prefills and appends, attention on fp32
-    register tiles (stop 18's engine; global switches of the native build, set around this row's prefill and steps
-    only)."""
+class OursWiden(Ours):
+    """Ours with the blocks widened to fp32 for oneDNN's GEMM in prefills and appends instead of the fused many-row
+    path (AMX tiles, or the AVX2 register blocks), attention on fp32 register tiles (stop 18's engine; global switches
+    of the native build, set around this row's prefill and steps only)."""
 
     def _fp32(self, fn, *args):
         from duomem_fast import ops
@@ -220,8 +221,8 @@ def _our_rows(args, adapter) -> tuple[dict, dict]:
     engines = {"ours unmerged": make(merge_lora=False), "ours merged": make(merge_lora=True)}
     if args.fp32_row:  # the base weights as fp32 matrices rather than their exact GGUF blocks (model/blocks.py)
         engines["ours unmerged, fp32 matrices"] = make(merge_lora=False, block_weights=False)
-    if args.amx_row:  # appends and prefills without AMX tiles (block_gemm_amx.cpp, attention_amx.cpp)
-        engines["ours unmerged, no AMX"] = make(merge_lora=False)
+    if args.widen_row:  # appends and prefills without block_gemm_amx.cpp / block_gemm_avx2.cpp, attention_amx.cpp
+        engines["ours unmerged, widened blocks"] = make(merge_lora=False)
     if args.eager_row:
         engines["ours unmerged eager layers"] = make(merge_lora=False, fused_decode=False)
     if args.blocks_row:
@@ -238,7 +239,7 @@ def _our_rows(args, adapter) -> tuple[dict, dict]:
                 merge_lora=True, weight_dtype="bfloat16", lookahead=args.lookahead)
     if args.bf16:
         engines["ours merged bf16"] = make(merge_lora=True, dtype="bfloat16")
-    kinds = {"batch": lambda e: OursBatch(e, args.batch), "8-row": OursBlocks, "no AMX": OursNoAMX}
+    kinds = {"batch": lambda e: OursBatch(e, args.batch), "8-row": OursBlocks, "widened blocks": OursWiden}
     runners = {name: next((make_runner for key, make_runner in kinds.items() if key in name), Ours)(e)
                for name, e in engines.items()}
     return engines, runners
@@ -412,8 +413,9 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, default=4, help="also run this many sessions decoding as one batch (0: off)")
     p.add_argument("--lookahead", type=int, default=4, help="also run ours with prompt-lookup drafts (0: off)")
-    p.add_argument("--amx-row", action=argparse.BooleanOptionalAction, default=True,
-                   help="also run ours unmerged without AMX tiles (blocks widened for oneDNN, fp32 attention tiles)")
+    p.add_argument("--widen-row", "--amx-row", dest="widen_row", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run ours unmerged with the blocks widened for oneDNN in appends instead of AMX tiles or "
+                        "AVX2 register blocks (fp32 attention tiles); --amx-row: its name before stop 25")
     p.add_argument("--eager-row", action=argparse.BooleanOptionalAction, default=True,
                    help="also run ours unmerged with the eager layer loop (fused_decode=False)")
     p.add_argument("--blocks-row", action=argparse.BooleanOptionalAction, default=True,
