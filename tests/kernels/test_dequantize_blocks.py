@@ -50,8 +50,9 @@ def test_native_dequantize_is_bit_exact(fmt, use_backend):
 @pytest.mark.parametrize("fmt", SNAPS)
 @pytest.mark.parametrize("M", [1, 3, 4, 5, 16, 19, 32, 33])
 def test_identity_rows_read_back_the_weights(fmt, M, use_backend):
-    """x = rows of the identity: every product is w·1 or w·0, so y holds W's columns exactly, in the GEMV (M <= 32)
-    and in the many-row (M > 32: AMX, d·q + m·1 is the stored w; or widen-then-GEMM) paths alike."""
+    """x = rows of the identity: every product is w·1 or w·0, so y holds W's columns exactly, in the GEMV (M <= 32;
+    M <= 12 on AVX2 builds) and in the many-row paths (AMX, d·q + m·1 is the stored w; AVX2 register blocks; or
+    widen-then-GEMM) alike."""
     w = gguf_like(37, 64, fmt)
     use_backend("native")
     y = ops.lora_linear(torch.eye(64)[:M], pack_blocks(w))
