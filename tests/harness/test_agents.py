@@ -82,3 +82,23 @@ def test_parallel_engine_runs_on_a_cpu_default_to_an_engine_per_worker(monkeypat
     assert "threads" not in for_workers(parse_agent("duomem,share=1"), 2, threads=2).options  # a shared engine
     assert "share" not in for_workers(parse_agent("duomem"), 1).options      # one episode at a time: one engine
     assert for_workers(parse_agent("expert"), 2).options == {}
+
+
+@pytest.mark.parametrize("isa,cuda,merged", [("avx2", False, False), ("avx512+bf16+amx", False, True),
+                                              ("avx512", False, True), ("avx2", True, True)])
+def test_default_precision_follows_the_cpu(isa, cuda, merged, monkeypatch):
+    """Merged with bf16 weights where the CPU has AVX-512 (or on a GPU); the exact fp32 student, unmerged, on AVX2
+    builds; bf16 weights by default only when merged; explicit options always win."""
+    import torch
+
+    from duomem_fast import ops
+    from duomem_fast.harness.engine_agent import precision
+
+    monkeypatch.setattr(ops, "cpu_isa", lambda: isa)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert precision(parse_agent("duomem")) == (merged, None, "bfloat16" if merged else None)
+    assert precision(parse_agent("duomem,merge=1")) == (True, None, "bfloat16")
+    assert precision(parse_agent("duomem,merge=0")) == (False, None, None)
+    assert precision(parse_agent("duomem,merge=0,wdtype=bfloat16")) == (False, None, "bfloat16")
+    assert precision(parse_agent("duomem,merge=1,wdtype=float32")) == (True, None, "float32")
+    assert precision(parse_agent("duomem,dtype=bfloat16")) == (merged, "bfloat16", None)
