@@ -9,8 +9,9 @@
 // units are 64 rows of x (4 panels, in L2) x 48 rows of W, so W is widened once per 64 rows of x.
 //
 // Against widening the whole matrix into fp32 scratch and oneDNN's fp32 GEMM (the path before, and still the one
-// for AVX-512 builds without AMX): M = 60 on the default model's four shapes, one thread, hot, Zen 3: 75-84 GFLOP/s
-// against 57-67 (the widening's pass over memory included), about 90% of the core's FMA peak on the padded rows.
+// for AVX-512 builds without AMX): M = 60, r = 16, the default model's four shapes, one thread, hot, Zen 3: 66-81
+// GFLOP/s against 40-62 (1.27-1.67x; the widening's pass over memory included); the register block itself runs at
+// about 90% of the core's FMA peak on the padded rows.
 #include "block_gemm_avx2.h"
 
 #include <torch/extension.h>

@@ -209,7 +209,8 @@ inline void block_dots(const uint8_t* w, int64_t ldw, int64_t nblk, const float*
     for (int j = 0; j < MB; ++j) {
       __m256 a = acc[j][0];
       for (int u = 1; u < U; ++u) a = _mm256_add_ps(a, acc[j][u]);
-      finish_dot(a, b ? b + i * r : nullptr, r, t + j * ldt, bias ? bias + i : nullptr, out + j * ldo + i);
+      const float* tj = b ? t + j * ldt : nullptr;
+      finish_dot(a, b ? b + i * r : nullptr, r, tj, bias ? bias + i : nullptr, out + j * ldo + i);
     }
   }
 }
