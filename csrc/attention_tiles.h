@@ -1,5 +1,5 @@
 // Register-tiled attention of many query rows over one KV head's keys (attention_tiles_cpu.cpp), used by
-// prefix_attention_cpu for its prefix pass when a KV head has at least kTiledMinRows query rows.
+// prefix_attention_cpu for its prefix pass when a KV head has at least tiled_min_rows() query rows.
 #pragma once
 
 #include <atomic>
@@ -7,10 +7,16 @@
 
 namespace duomem {
 
-constexpr int64_t kTiledMinRows = 48;   // below this the row-block kernel's transpose-free dots win
 constexpr int64_t kTiledItemRows = 96;  // query rows per work item (each item transposes the key blocks it reads)
 
-// True when attend_tiled handles `rows` rows of head dim D (AVX-512 build, D a multiple of 64 up to 256).
+// Query rows of a KV head from which the tiles run; below it the row kernels' transpose-free dots win (AVX-512
+// builds 48; AVX2 builds 12, attention_tiles_cpu.cpp gives the measurements). The model's routing asks for it too.
+int64_t tiled_min_rows();
+// 0 (the default above) or the rows to use instead (set_tiled_min_rows, to compare).
+std::atomic<int64_t>& tiled_min_rows_flag();
+
+// True when attend_tiled handles `rows` rows of head dim D (AVX-512 or AVX2 build, D a multiple of 64 or 16 up to
+// 256, at least tiled_min_rows() rows).
 bool tiled_attention_fits(int64_t rows, int64_t D);
 
 // n query rows (q_rows[i]: D fp32) attend to keys [0, L) (row j at k + j*ld, D fp32; likewise v): all of them, or

@@ -142,7 +142,7 @@ Layer unpack(at::TensorList w, const c10::List<Opt>& e, int64_t i) {
 
 // Attention half of an append, in place on one session's qkv (T, (Hq + 2 Hkv) D): token t sits at own position
 // start + t of own_k/own_v (1, cap, Hkv, D); writes its KV there and attends to the prefix (P, Hkv, D; undefined:
-// none) and own rows [0, start + t] (prefix_attention_cpu, on register or AMX tiles from kTiledMinRows rows per KV
+// none) and own rows [0, start + t] (prefix_attention_cpu, on register or AMX tiles from tiled_min_rows() rows per KV
 // head). Returns a (T, Hq D).
 at::Tensor append_attention(const Geometry& g, const Layer& L, at::Tensor& qkv, const float* cos, const float* sin,
                             const at::Tensor& kp, const at::Tensor& vp, const at::Tensor& own_k,

@@ -200,6 +200,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_attention_amx", [](bool on) { duomem::attention_amx_flag().store(on); },
         "attention of 96+ query rows per KV head with head dim 64 (appends, prefills): AMX tiles where the CPU has "
         "them (True) or fp32 register tiles (False, default)");
+  m.def("set_tiled_min_rows", [](int64_t rows) {
+    TORCH_CHECK(rows >= 0, "tiled min rows must be >= 0 (0: the build's default), got ", rows);
+    duomem::tiled_min_rows_flag().store(rows);
+  }, "query rows per KV head from which attention runs on register tiles: 0 = the build's default (48 AVX-512, "
+     "12 AVX2), to compare");
+  m.def("tiled_min_rows", [] { return duomem::tiled_min_rows(); },
+        "query rows per KV head from which prefix_attention runs on register tiles (the model routes appends by it)");
   m.def("attention_amx", [] { return duomem::tiled_item_rows(64) != duomem::kTiledItemRows; },
         "whether attention of 48+ query rows per KV head with head dim 64 runs on AMX tiles");
   m.def("lora_prefetch_counts", [] { return duomem::weight_reuse().counts(); },

@@ -218,6 +218,13 @@ def has_append_step(device_type: str = "cpu") -> bool:
     return device_type == "cpu" and backend("cpu") == "native" and hasattr(_C, "append_step_cpu")
 
 
+def tiled_min_rows() -> int:
+    """Query rows per KV head from which the native prefix_attention runs on register tiles (48 on AVX-512 builds,
+    12 on AVX2 ones); the model sends one session's appends of that many rows to `append_step`. 48 without the
+    native build (nothing routes by it there)."""
+    return int(_C.tiled_min_rows()) if HAS_NATIVE and hasattr(_C, "tiled_min_rows") else 48
+
+
 def decode_attention(q: Tensor, k_prefix: Tensor | None, v_prefix: Tensor | None, k_own: Tensor, v_own: Tensor,
                      own_lens: list[int], scale: float | None = None) -> Tensor:
     """Attention of one new token per sequence over a shared prefix plus its own KV (native CPU, fp32).

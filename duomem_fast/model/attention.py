@@ -39,8 +39,8 @@ def attend(q: Tensor, shared: list[tuple[Tensor, Tensor]], own_k: Tensor | None,
 
 
 def _auto(q: Tensor, hkv: int) -> str:
-    """fp32: the native kernels for decode rows and wherever a KV head has TILED_MIN_ROWS query rows or more (its
-    register tiles; one thread, ms per layer against torch's flash kernel: 60 rows over 2,000 + 70 keys 1.87 vs
+    """fp32: the native kernels for decode rows and wherever a KV head has `ops.tiled_min_rows()` query rows or more
+    (its register tiles; one thread, ms per layer against torch's flash kernel: 60 rows over 2,000 + 70 keys 1.87 vs
     3.87, a 2,000-token causal prefill 88 vs 124), else torch's flash kernel (2-15 tokens over 2,400 cold keys, 30
     layers: the native row blocks were 10-20% slower). bf16 (one thread, 2,400 keys, ms per forward of 30 layers):
     up to LOWP_MIN_ROWS query tokens the native kernel (T=4: 26.5 vs 32.6 flash), above it bf16 GEMMs with an fp32
@@ -49,7 +49,7 @@ def _auto(q: Tensor, hkv: int) -> str:
     if q.dtype == torch.bfloat16 and q.is_cpu:
         return "lowp" if q.shape[1] > LOWP_MIN_ROWS or not native else "ops"
     B, T, Hq, _ = q.shape
-    return "ops" if native and (T == 1 or B * T * (Hq // hkv) >= TILED_MIN_ROWS) else "flash"
+    return "ops" if native and (T == 1 or B * T * (Hq // hkv) >= ops.tiled_min_rows()) else "flash"
 
 
 def _rows_fit(q: Tensor, shared, own_k: Tensor | None, own_lens: Tensor | None) -> bool:
@@ -71,7 +71,6 @@ def _attend_rows(q, shared, own_k, own_v) -> Tensor:
     return out[None]
 
 
-TILED_MIN_ROWS = 48  # = kTiledMinRows in csrc/attention_tiles.h
 LOWP_MIN_ROWS = 8
 
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from duomem_fast import ops
-from duomem_fast.model.attention import TILED_MIN_ROWS, attend
+from duomem_fast.model.attention import attend
 from duomem_fast.model.config import ModelConfig
 from duomem_fast.model.rope import Rope, apply_rope
 from duomem_fast.model.weights import LayerWeights, Weights
@@ -73,7 +73,7 @@ class Decoder:
         """One session's tokens, as many as "auto" gives the tiled attention (fewer go eager: the decode kernel's
         rows path, _attend_rows, is faster for them)."""
         B, T = ids.shape
-        return (self.fused_decode and B == 1 and T * (self.cfg.num_heads // self.cfg.num_kv_heads) >= TILED_MIN_ROWS
+        return (self.fused_decode and B == 1 and T * (self.cfg.num_heads // self.cfg.num_kv_heads) >= ops.tiled_min_rows()
                 and self.dtype == torch.float32 and self.attn_impl == "auto" and step.own_k is not None
                 and len(step.shared) <= 1 and ops.has_append_step(ids.device.type))
 
