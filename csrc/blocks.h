@@ -192,22 +192,30 @@ inline void block_dots(const uint8_t* w, int64_t ldw, int64_t nblk, const float*
     for (int i = 0; i < 4; ++i) finish_dot(s[i], b ? b + i * r : nullptr, r, t, bias ? bias + i : nullptr, out + i);
     return;
   }
-  constexpr int S = bytes(F), U = MB == 1 ? 4 : MB == 2 ? 2 : 1;
+  constexpr int S = bytes(F), U = MB == 1 ? 4 : MB <= 5 ? 2 : 1;
+  // The loops over MB, U and the 4 vectors unrolled by pragma: left to -O3, GCC 12 kept acc on the stack, one
+  // store per accumulator per block.
   for (int i = 0; i < NB; ++i) {
     __m256 acc[MB][U];
+#pragma GCC unroll 8
     for (int j = 0; j < MB; ++j)
+#pragma GCC unroll 4
       for (int u = 0; u < U; ++u) acc[j][u] = _mm256_setzero_ps();
     for (int64_t k = 0; k < nblk; ++k) {
       if (pf) _mm_prefetch(reinterpret_cast<const char*>(pf) + i * ldw + k * S, _MM_HINT_T1);
       __m256 wv[4];
       widen8<F>(w + i * ldw + k * S, wv);
+#pragma GCC unroll 8
       for (int j = 0; j < MB; ++j) {
         const float* xk = x + j * ldx + k * kBlock;
+#pragma GCC unroll 4
         for (int c = 0; c < 4; ++c) acc[j][c % U] = _mm256_fmadd_ps(wv[c], _mm256_loadu_ps(xk + 8 * c), acc[j][c % U]);
       }
     }
+#pragma GCC unroll 8
     for (int j = 0; j < MB; ++j) {
       __m256 a = acc[j][0];
+#pragma GCC unroll 4
       for (int u = 1; u < U; ++u) a = _mm256_add_ps(a, acc[j][u]);
       const float* tj = b ? t + j * ldt : nullptr;
       finish_dot(a, b ? b + i * r : nullptr, r, tj, bias ? bias + i : nullptr, out + j * ldo + i);
