@@ -7,8 +7,9 @@
 // (scores, online softmax, P·V in L1-sized key blocks) rather than ATen ops: each ATen op is a parallel region, and
 // on the loaded 2-core box those barriers cost more than the math (measured 9.9 ms for B=16, P=2048 via bmm/exp);
 // here one region per pass.
-// With 48 or more query rows per KV head the prefix pass runs as register tiles (attention_tiles_cpu.cpp), and so
-// does the suffix pass with 48 or more rows per sequence and KV head (causal limits per row).
+// With tiled_min_rows() or more query rows per KV head (48 on AVX-512 builds, 12 on AVX2 ones) the prefix pass runs
+// as register tiles (attention_tiles_cpu.cpp), and so does the suffix pass with as many rows per sequence and KV
+// head (causal limits per row).
 #include <torch/extension.h>
 
 #include <algorithm>
