@@ -193,8 +193,9 @@ inline void block_dots(const uint8_t* w, int64_t ldw, int64_t nblk, const float*
     return;
   }
   constexpr int S = bytes(F), U = MB == 1 ? 4 : MB <= 5 ? 2 : 1;
-  // The loops over MB, U and the 4 vectors unrolled by pragma: left to -O3, GCC 12 kept acc on the stack, one
-  // store per accumulator per block.
+  // Up to 5 x rows, two accumulators a row (10, with the 4 widened vectors, fit the 16 registers): one chain of 4
+  // dependent FMAs a block was the limit at M = 3-5. The loops over MB, U and the 4 vectors are unrolled by pragma:
+  // left to -O3, GCC 12 kept acc on the stack, one store per accumulator per block.
   for (int i = 0; i < NB; ++i) {
     __m256 acc[MB][U];
 #pragma GCC unroll 8
