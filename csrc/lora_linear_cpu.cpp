@@ -2,7 +2,8 @@
 //
 // Decode is GEMV-bound: every call streams W (N, K) from memory once, so the kernel is built around that stream.
 //  - One x row (every decode GEMV) reads W row after row (vec.h stream_rows): one forward stream the hardware
-//    prefetcher follows, with a software look-ahead; 8 rows side by side (below) stream ~25% slower. 2-4 rows (a
+//    prefetcher follows (with a software look-ahead on AVX-512 builds; on AVX2 builds the hardware alone does
+//    better); 8 rows side by side (below) stream ~25% slower. 2-4 rows (a
 //    decode step of a few sessions) stream the same way, 3 W rows at a time so each x load feeds 3 FMAs (streams()).
 //  - 2-16 rows otherwise: rows of W are taken 8 at a time and each block meets every row of x while it is hot, in 4x4 register
 //    blocks (4 W rows x 4 x rows = 16 accumulators: each W vector loaded feeds 4 FMAs), so memory sees W once
@@ -132,7 +133,7 @@ void rows(const Gemv& g, const WT* w, int64_t ldw, int64_t n_rows, const LT* B, 
     using Three = std::integral_constant<int, 3>;
     switch (g.M) {
       case 1:
-        if (stream_row_group() == 4) return run(std::integral_constant<int, 1>{}, std::integral_constant<int, 4>{});
+        if (stream_row_group(g.K * static_cast<int64_t>(sizeof(WT))) == 4) return run(std::integral_constant<int, 1>{}, std::integral_constant<int, 4>{});
         return run(std::integral_constant<int, 1>{}, std::integral_constant<int, 1>{});
       case 2: return run(std::integral_constant<int, 2>{}, Three{});
       case 3: return run(std::integral_constant<int, 3>{}, Three{});

@@ -178,10 +178,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_lora_single_row_stream", [](bool on) { duomem::single_row_stream_flag().store(on); },
         "lora_linear with one x row: stream W row after row (True, default) or use the 8-row blocks (False)");
   m.def("set_stream_row_group", [](int64_t n) {
-    TORCH_CHECK(n == 1 || n == 4, "stream row group must be 1 or 4, got ", n);
+    TORCH_CHECK(n == 0 || n == 1 || n == 4, "stream row group must be 1 or 4 (0: the default), got ", n);
     duomem::stream_row_group_flag().store(static_cast<int>(n));
-  }, "lora_linear with one x row: W rows streamed side by side, 1 or 4 (default: 4 on Intel CPUs, else 1)");
-  m.def("stream_row_group", [] { return duomem::stream_row_group(); }, "the current one-row stream group (1 or 4)");
+  }, "lora_linear with one x row: W rows streamed side by side, 1 or 4 (0: the default, csrc/weight_reuse.h)");
+  m.def("stream_row_group", [](int64_t row_bytes) { return duomem::stream_row_group(row_bytes); }, py::arg("row_bytes"),
+        "the one-row stream group (1 or 4) for W rows of row_bytes bytes");
   m.def("set_stream_ahead", [](int64_t bytes) {
     TORCH_CHECK(bytes >= 0 && bytes <= (1 << 20), "stream look-ahead must be 0 (default) to 1 MiB, got ", bytes);
     duomem::stream_ahead_flag().store(bytes);

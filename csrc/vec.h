@@ -438,15 +438,22 @@ inline __m256 load8(const c10::BFloat16* p) {
 }
 inline __m256 load8(const c10::Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
 
-// stream_rows on 8-lane registers: one x row (decode) takes 4 W rows side by side, 2 accumulators each (independent
-// FMA chains; 16-bit W needs a widening per vector); more x rows take one W row at a time, each W vector feeding MB
-// FMAs. The K and r tails (not a multiple of 8) are added in scalar.
+// stream_rows on 8-lane registers: one x row (decode) takes R W rows side by side (weight_reuse.h stream_row_group),
+// 2 accumulators each (independent FMA chains; 16-bit W needs a widening per vector); more x rows take one W row at
+// a time, each W vector feeding MB FMAs. The K and r tails (not a multiple of 8) are added in scalar.
+// One x row has no software look-ahead: on Zen 3, cold, r = 16, one thread, the two alternated in one process (p10
+// us, medians of 3 rounds), none and the weight_reuse.h row group against 4 rows with 2 KiB per row ahead: 576->576
+// 92 / 110, 1536->576 206 / 251, 576->1536 232 / 280, 576->49152 7,245 / 8,969, 2560->2560 1,349 / 1,750,
+// 9728->2560 4,312 / 5,273 (a plain torch sum of the same W: 72, 196, 194, 6,874 at 576 wide). bf16 W: even.
 template <int MB, int R, typename WT, typename LT>
 inline void stream_rows(const WT* w, int64_t ldw, int64_t n, const float* x, int64_t ldx, int64_t K, const LT* b,
                         int64_t r, const float* st, int64_t ldt, const float* bias, float* out, int64_t ldo,
                         bool prefetch, int64_t ahead = 0) {
-  if (ahead <= 0) ahead = MB > 1 ? kStreamAheadRows : sizeof(WT) == 4 ? kStreamAhead : kStreamAheadHalf;
-  constexpr int RR = MB == 1 ? 4 : 1, U = MB == 1 ? 2 : 1;
+  // One x row looks ahead only when asked (ahead > 0, to compare): on Zen 3 the hardware's prefetchers alone stream
+  // it faster (below). Several rows look ahead kStreamAheadRows unless asked otherwise.
+  const bool look = prefetch && (MB > 1 || ahead > 0);
+  if (ahead <= 0) ahead = kStreamAheadRows;
+  constexpr int RR = MB == 1 ? R : 1, U = MB == 1 ? 2 : 1;
   const int64_t K8 = K / (8 * U) * (8 * U), r8 = r / 8 * 8;
   auto group = [&](auto rows_c, int64_t i0) {
     constexpr int NR = decltype(rows_c)::value;
@@ -454,16 +461,17 @@ inline void stream_rows(const WT* w, int64_t ldw, int64_t n, const float* x, int
     for (int i = 0; i < NR; ++i)
       for (int j = 0; j < MB; ++j)
         for (int u = 0; u < U; ++u) acc[i][j][u] = _mm256_setzero_ps();
-    for (int64_t k = 0; k < K8; k += 8 * U)
+    for (int64_t k = 0; k < K8; k += 8 * U) {
       for (int i = 0; i < NR; ++i)
         for (int u = 0; u < U; ++u) {
-          if (prefetch && u == 0)  // each row's stream asks `ahead` bytes further on (into L2), a line per step
+          if (look && u == 0)  // each row's stream asks `ahead` bytes further on (into L2), a line per step
             _mm_prefetch(reinterpret_cast<const char*>(w + (i0 + i) * ldw + k) + ahead, _MM_HINT_T1);
           __m256 wv = load8(w + (i0 + i) * ldw + k + 8 * u);
           if constexpr (MB > 1) DUOMEM_PIN8(wv);
           for (int j = 0; j < MB; ++j)
             acc[i][j][u] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + j * ldx + k + 8 * u), acc[i][j][u]);
         }
+    }
     for (int i = 0; i < NR; ++i)
       for (int j = 0; j < MB; ++j) {
         __m256 a = acc[i][j][0];
