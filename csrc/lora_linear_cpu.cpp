@@ -55,6 +55,7 @@ struct Gemv {
   int64_t r, N;              // rank, rows of B per adapter
   bool prefetch = true;      // prefetch the next W block (weights likely not cached: weight_reuse.h)
   bool stream = false;       // 1-4 x rows: W row after row (stream_rows) instead of 8-row blocks (streams())
+  bool slices = false;       // 2-4 x rows too long for L1: the same streams in K slices (slice_rows)
 };
 
 // out rows [m0, m0+MB), columns [n0, n0+NB), over K range [k0, k1); the LoRA extension and bias join on the last range.
@@ -119,6 +120,44 @@ inline int64_t k_chunk(int64_t M, int64_t K) {
   return ((K + parts - 1) / parts + 31) / 32 * 32;  // multiple of 32: bf16 pairs and whole vectors
 }
 
+// 2-4 x rows too long to stay in L1 beside the stream (streams()): W streamed row after row as for shorter x, in K
+// slices of at most kSliceXBytes of x, each slice over every row of the range before the next (the x slice stays in
+// L1 across them), the slices' sums added on and the LoRA expand and bias joined on the last. Cold, one thread, M=4,
+// p10 us, alternated process pairs, against the 8-row blocks: 2560->2560 1,880-1,973 / 2,167-2,456, 9728->2560
+// 7,378-7,658 / 7,988-9,592 (Qwen3-4B's shapes; 16 and 28 KiB slices measured alike).
+constexpr int64_t kSliceXBytes = 16 << 10;
+
+template <typename WT, typename LT>
+void slice_rows(const Gemv& g, const WT* w, int64_t ldw, const LT* B, int64_t r0, int64_t r1) {
+  const int64_t parts = (g.M * g.K * int64_t(sizeof(float)) + kSliceXBytes - 1) / kSliceXBytes;
+  const int64_t kp = ((g.K + parts - 1) / parts + 15) / 16 * 16;
+  constexpr int64_t kRows = 32;
+  float part[4 * kRows];
+  for (int64_t s0 = r0; s0 < r1; s0 += kRows) {
+    const int64_t n = std::min(kRows, r1 - s0);
+    for (int64_t k0 = 0; k0 < g.K; k0 += kp) {
+      const int64_t kl = std::min(kp, g.K - k0);
+      const bool first = k0 == 0, last = k0 + kl >= g.K;
+      float* out = first ? g.out + s0 : part;
+      const int64_t ldo = first ? g.ldo : n;
+      const LT* b = last && B ? B + s0 * g.r : nullptr;
+      const float* bias = last && g.bias ? g.bias + s0 : nullptr;
+      auto run = [&](auto mb) {
+        stream_rows<decltype(mb)::value, 3>(w + s0 * ldw + k0, ldw, n, g.x + k0, g.K, kl, b, g.r, g.st, g.r, bias,
+                                            out, ldo, g.prefetch, stream_ahead());
+      };
+      switch (g.M) {
+        case 2: run(std::integral_constant<int, 2>{}); break;
+        case 3: run(std::integral_constant<int, 3>{}); break;
+        default: run(std::integral_constant<int, 4>{}); break;
+      }
+      if (!first)
+        for (int64_t j = 0; j < g.M; ++j)
+          for (int64_t i = 0; i < n; ++i) g.out[j * g.ldo + s0 + i] += part[j * n + i];
+    }
+  }
+}
+
 // Rows [r0, r1) of w (n_rows rows in all): 8-row blocks, then 4, then singles.
 template <typename WT, typename LT>
 void rows(const Gemv& g, const WT* w, int64_t ldw, int64_t n_rows, const LT* B, int64_t r0, int64_t r1) {
@@ -140,6 +179,7 @@ void rows(const Gemv& g, const WT* w, int64_t ldw, int64_t n_rows, const LT* B, 
       default: return run(std::integral_constant<int, 4>{}, Three{});
     }
   }
+  if (g.slices) return slice_rows(g, w, ldw, B, r0, r1);
   const int64_t kc = k_chunk(g.M, g.K);
   for (int64_t k0 = 0; k0 < g.K; k0 += kc) {
     const int64_t k1 = std::min(g.K, k0 + kc);
@@ -156,7 +196,7 @@ template <typename LT>
 void shrink(const Gemv& g, const LT* A, const float* scales, float* t) {
   Gemv s = g;
   s.out = t, s.ldo = g.r, s.bias = nullptr, s.ids = nullptr, s.st = nullptr;
-  s.stream = false;  // A is short (r rows): its next-block prefetch covers the cold start a lone stream would stall on
+  s.stream = s.slices = false;  // A is short (r rows): its next-block prefetch covers the cold start a lone stream would stall on
   if (!g.ids) {
     rows<LT, float>(s, A, g.K, g.r, nullptr, 0, g.r);
   } else {
@@ -309,6 +349,16 @@ bool streams(const Gemv& g) {
   return g.M <= kStreamMaxRows && !g.ids && g.M * (g.K + g.r) * int64_t(sizeof(float)) <= kStreamMaxXBytes;
 }
 
+// Longer x rows stream in K slices (slice_rows) on AVX2 builds, where it was measured; elsewhere the 8-row blocks.
+bool slices(const Gemv& g) {
+#ifdef DUOMEM_AVX2
+  return !g.xb && g.M > 1 && g.M <= kStreamMaxRows && !g.ids && !streams(g);
+#else
+  (void)g;
+  return false;
+#endif
+}
+
 bool floating_ok(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
 
 }  // namespace
@@ -393,6 +443,7 @@ at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
                                : w.nbytes() + (A.defined() ? A.nbytes() + B.nbytes() : 0);
     g.prefetch = weight_reuse().should_prefetch(w.data_ptr(), nbytes);
     g.stream = streams(g);
+    g.slices = slices(g);
     if (ext) {  // shrink into t_buf, then one GEMV over [x | s·t] and W's extended rows
       shrink_any(g, A, sc, t_buf.data());
       std::vector<float> xe = extend_x(g.x, M, K, t_buf.data(), g.r);

@@ -453,24 +453,45 @@ inline void stream_rows(const WT* w, int64_t ldw, int64_t n, const float* x, int
   // it faster (below). Several rows look ahead kStreamAheadRows unless asked otherwise.
   const bool look = prefetch && (MB > 1 || ahead > 0);
   if (ahead <= 0) ahead = kStreamAheadRows;
-  constexpr int RR = MB == 1 ? R : 1, U = MB == 1 ? 2 : 1;
+  // Several x rows: RR W rows side by side against the MB x vectors held in registers (RR x MB accumulators: 8 or 9
+  // independent FMA chains, each W vector feeding MB FMAs, each x vector RR).
+  constexpr int RR = MB == 1 ? R : MB == 2 ? 4 : MB == 3 ? 3 : 2, U = MB == 1 ? 2 : 1;
   const int64_t K8 = K / (8 * U) * (8 * U), r8 = r / 8 * 8;
+  // rows ahead: K may be a slice of ldw, so `ahead` bytes of stream are counted in slices
+  const int64_t d = std::max<int64_t>(1, ahead / std::max<int64_t>(1, K * static_cast<int64_t>(sizeof(WT))));
   auto group = [&](auto rows_c, int64_t i0) {
     constexpr int NR = decltype(rows_c)::value;
     __m256 acc[NR][MB][U];
+#pragma GCC unroll 4
     for (int i = 0; i < NR; ++i)
+#pragma GCC unroll 4
       for (int j = 0; j < MB; ++j)
+#pragma GCC unroll 2
         for (int u = 0; u < U; ++u) acc[i][j][u] = _mm256_setzero_ps();
     for (int64_t k = 0; k < K8; k += 8 * U) {
-      for (int i = 0; i < NR; ++i)
-        for (int u = 0; u < U; ++u) {
-          if (look && u == 0)  // each row's stream asks `ahead` bytes further on (into L2), a line per step
-            _mm_prefetch(reinterpret_cast<const char*>(w + (i0 + i) * ldw + k) + ahead, _MM_HINT_T1);
-          __m256 wv = load8(w + (i0 + i) * ldw + k + 8 * u);
-          if constexpr (MB > 1) DUOMEM_PIN8(wv);
-          for (int j = 0; j < MB; ++j)
-            acc[i][j][u] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + j * ldx + k + 8 * u), acc[i][j][u]);
+      if constexpr (MB == 1) {
+#pragma GCC unroll 4
+        for (int i = 0; i < NR; ++i)
+#pragma GCC unroll 2
+          for (int u = 0; u < U; ++u) {
+            if (look && u == 0)  // each row asks for the same K offset `d` rows further on (into L2), a line a step
+              _mm_prefetch(reinterpret_cast<const char*>(w + (i0 + i + d) * ldw + k), _MM_HINT_T1);
+            acc[i][0][u] = _mm256_fmadd_ps(load8(w + (i0 + i) * ldw + k + 8 * u), _mm256_loadu_ps(x + k + 8 * u),
+                                           acc[i][0][u]);
+          }
+      } else {
+        __m256 xv[MB];  // not pinned: a pin (asm on an array element) kept xv and acc on the stack
+#pragma GCC unroll 4
+        for (int j = 0; j < MB; ++j) xv[j] = _mm256_loadu_ps(x + j * ldx + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < NR; ++i) {
+          if (look) _mm_prefetch(reinterpret_cast<const char*>(w + (i0 + i + d) * ldw + k), _MM_HINT_T1);
+          __m256 wv = load8(w + (i0 + i) * ldw + k);
+          DUOMEM_PIN8(wv);
+#pragma GCC unroll 4
+          for (int j = 0; j < MB; ++j) acc[i][j][0] = _mm256_fmadd_ps(wv, xv[j], acc[i][j][0]);
         }
+      }
     }
     for (int i = 0; i < NR; ++i)
       for (int j = 0; j < MB; ++j) {
@@ -514,20 +535,23 @@ DUOMEM_INLINE void lora_dot8(const WT* w, int64_t ldw, const float* x, int64_t l
                              const LT* const* b, int64_t r, const float* st, int64_t ldt, const float* bias,
                              float* out, int64_t ldo, bool add_out) {
   __m256 acc[NR][MB];
+#pragma GCC unroll 8
   for (int i = 0; i < NR; ++i)
+#pragma GCC unroll 8
     for (int j = 0; j < MB; ++j) acc[i][j] = _mm256_setzero_ps();
   const int64_t K8 = K / 8 * 8, r8 = r / 8 * 8;
   for (int64_t k = 0; k < K8; k += 8) {
     if (pf && k % 16 == 0)
+#pragma GCC unroll 8
       for (int i = 0; i < NR; ++i) _mm_prefetch(reinterpret_cast<const char*>(pf + i * ldw + k), _MM_HINT_T1);
     __m256 xv[MB];
-    for (int j = 0; j < MB; ++j) {
-      xv[j] = _mm256_loadu_ps(x + j * ldx + k);
-      DUOMEM_PIN8(xv[j]);
-    }
+#pragma GCC unroll 8
+    for (int j = 0; j < MB; ++j) xv[j] = _mm256_loadu_ps(x + j * ldx + k);
+#pragma GCC unroll 8
     for (int i = 0; i < NR; ++i) {
       __m256 wv = load8(w + i * ldw + k);
       DUOMEM_PIN8(wv);
+#pragma GCC unroll 8
       for (int j = 0; j < MB; ++j) acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]);
     }
   }
