@@ -4,7 +4,8 @@
 //  - One x row (every decode GEMV) reads W row after row (vec.h stream_rows): one forward stream the hardware
 //    prefetcher follows (with a software look-ahead on AVX-512 builds; on AVX2 builds the hardware alone does
 //    better); 8 rows side by side (below) stream ~25% slower. 2-4 rows (a
-//    decode step of a few sessions) stream the same way, 3 W rows at a time so each x load feeds 3 FMAs (streams()).
+//    decode step of a few sessions) stream the same way, 3 W rows at a time so each x load feeds 3 FMAs (streams();
+//    3-4 on AVX2 builds, where x too long for L1 streams in K slices: slice_rows).
 //  - 2-16 rows otherwise: rows of W are taken 8 at a time and each block meets every row of x while it is hot, in 4x4 register
 //    blocks (4 W rows x 4 x rows = 16 accumulators: each W vector loaded feeds 4 FMAs), so memory sees W once
 //    whatever M is (stock GEMV re-reads W per row: ~3.5x for M=4). Each block prefetches the next one into L2 unless

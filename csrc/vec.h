@@ -274,7 +274,7 @@ inline void lora_dot(const WT* w, int64_t ldw, const float* x, int64_t ldx, int6
 // 16-bit weights: twice the FMAs per byte, so the same holds for one x row over bf16 W (merged engine, whole decode
 // token at ~2,700 context: 2 KiB 31-32 ms, 1 KiB 29.6, 8 KiB 26.3, 16 KiB 28.1; fp32 W in the same run: 1-2 KiB
 // 35.4-36.3, 8-16 KiB 39.3-39.6).
-// (kStreamAhead, kStreamAheadHalf, kStreamAheadRows: above the ISA branches, the AVX2 stream uses them too.)
+// (kStreamAhead, kStreamAheadHalf, kStreamAheadRows: above the ISA branches; the AVX2 stream uses the last.)
 // R adjacent W rows (R = 1-4) against MB x rows: sums[j][i0 + i] = the 16 partial lanes of w_{i0+i} · x_j (+ b · st_j).
 // Each (W row, x row) pair keeps its own accumulators and K order whatever R is, so the result is bitwise the same
 // for every R: R only decides how many W vectors share each x load (MB = 4: 10 loads per 8 FMAs at R = 1, 14 per 24
@@ -439,8 +439,8 @@ inline __m256 load8(const c10::BFloat16* p) {
 inline __m256 load8(const c10::Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
 
 // stream_rows on 8-lane registers: one x row (decode) takes R W rows side by side (weight_reuse.h stream_row_group),
-// 2 accumulators each (independent FMA chains; 16-bit W needs a widening per vector); more x rows take one W row at
-// a time, each W vector feeding MB FMAs. The K and r tails (not a multiple of 8) are added in scalar.
+// 2 accumulators each (independent FMA chains; 16-bit W needs a widening per vector); 2-4 x rows take 3-4 W rows
+// side by side (below). The K and r tails (not a multiple of 8) are added in scalar.
 // One x row has no software look-ahead: on Zen 3, cold, r = 16, one thread, the two alternated in one process (p10
 // us, medians of 3 rounds), none and the weight_reuse.h row group against 4 rows with 2 KiB per row ahead: 576->576
 // 92 / 110, 1536->576 206 / 251, 576->1536 232 / 280, 576->49152 7,245 / 8,969, 2560->2560 1,349 / 1,750,
