@@ -276,10 +276,18 @@ void merge_state(HeadState& into, const HeadState& from) {
 constexpr int64_t kChunkKeys = 512;
 
 // Every key of segs[0..nseg) into the flash states of heads (one per KV head).
+// The chunks' states live in this thread's scratch, kept from call to call: init() assigns into the capacity already
+// there, so a decode token allocates nothing here after its first layer (fresh vectors were 2,000 mallocs a token).
 void attend_segments(std::vector<HeadState>& heads, int64_t D, const KVSegment* segs, int nseg, float scale,
                      Team team) {
-  std::vector<KVSegment> chunks;
-  std::vector<int64_t> rest;  // keys after each chunk in its segment
+  // References: the chunk lambda runs on pool threads, where the names would be those threads' own scratch.
+  thread_local std::vector<KVSegment> chunk_scratch;
+  thread_local std::vector<int64_t> rest_scratch;
+  thread_local std::vector<std::vector<HeadState>> part_scratch;
+  std::vector<KVSegment>& chunks = chunk_scratch;
+  std::vector<int64_t>& rest = rest_scratch;  // keys after each chunk in its segment
+  std::vector<std::vector<HeadState>>& part = part_scratch;
+  chunks.clear(), rest.clear();
   for (int i = 0; i < nseg; ++i)
     for (int64_t n0 = 0; n0 < segs[i].n; n0 += kChunkKeys) {
       const int64_t n = std::min(kChunkKeys, segs[i].n - n0);
@@ -288,15 +296,16 @@ void attend_segments(std::vector<HeadState>& heads, int64_t D, const KVSegment* 
     }
   if (chunks.size() == 1) return attend_run(heads, D, chunks[0], 0, scale);
   const bool alone = at::get_num_threads() == 1;  // then prefetch on across chunk ends: one stream, as one run
-  std::vector<std::vector<HeadState>> part(chunks.size(), std::vector<HeadState>(heads.size()));
+  if (part.size() < chunks.size()) part.resize(chunks.size());
+  for (size_t c = 0; c < chunks.size(); ++c) part[c].resize(heads.size());
   const std::function<void(int64_t)> chunk = [&](int64_t c) {
     for (size_t h = 0; h < heads.size(); ++h) part[c][h].init(heads[h].q.data(), heads[h].G, D);
     attend_run(part[c], D, chunks[c], alone ? rest[c] : 0, scale);
   };
   const int64_t n = static_cast<int64_t>(chunks.size());
   team == Team::pool ? parallel_chunks(n, chunk) : parallel_items(n, chunk);
-  for (const auto& p : part)
-    for (size_t h = 0; h < heads.size(); ++h) merge_state(heads[h], p[h]);
+  for (size_t c = 0; c < chunks.size(); ++c)
+    for (size_t h = 0; h < heads.size(); ++h) merge_state(heads[h], part[c][h]);
 }
 
 // out (Hq, D), row h * G + g, from rows [g0, g0 + G) of each head's state.
@@ -325,7 +334,8 @@ HeadState split_rows(const HeadState& from, int64_t g0, int64_t G) {
 void decode_attention_rows(const float* q, int64_t Hq, int64_t Hkv, int64_t D, const KVSegment* segs, int nseg,
                            float scale, float* out, Team team) {
   const int64_t G = Hq / Hkv;
-  std::vector<HeadState> heads(Hkv);
+  thread_local std::vector<HeadState> heads;  // kept as attend_segments' scratch is
+  heads.resize(Hkv);
   for (int64_t h = 0; h < Hkv; ++h) heads[h].init(q + h * G * D, G, D);
   attend_segments(heads, D, segs, nseg, scale, team);
   finish(heads, 0, G, out);
