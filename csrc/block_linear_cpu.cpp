@@ -48,8 +48,10 @@ struct Call {
 };
 
 // Look-ahead of the W stream when set_stream_ahead has not set one. Same 121 matrices, 1 thread, p25 of 8 passes,
-// by bytes ahead: 256 14.4 ms, 1 KiB 13.4, 2 KiB 11.8, 4 KiB 10.3, 8 KiB 10.5, 16 KiB 11.1, 32 KiB 11.7.
-constexpr int64_t kBlockAhead = 8192;
+// by bytes ahead: 256 14.4 ms, 1 KiB 13.4, 2 KiB 11.8, 4 KiB 10.3, 8 KiB 10.5, 16 KiB 11.1, 32 KiB 11.7 (a prefetch
+// per block and row, Intel AVX-512 host). Asked a line at a time (blocks.h dots_4rows), Zen 3 AVX2: 2 KiB 10.5,
+// 4 KiB 9.9, 6 KiB 9.9, 8 KiB 9.9, 16 KiB 10.0 (11.0-11.1 per block and row, 4 and 8 KiB, alternated).
+constexpr int64_t kBlockAhead = 4096;
 
 template <Format F, int NB, int MB>
 void group(const Call& c, int64_t n0, int64_t m0, bool prefetch) {

@@ -72,7 +72,7 @@ inline void dots4(const float* q, int64_t ldq, const float* k, int64_t ldk, int6
   for (int i = 0; i < R; ++i) _mm_storeu_ps(s + i * lds, reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
 }
 
-// A later stretch of memory (two regions, first a then b) asked for into L2 a line at a time, the lines spread evenly
+// A later stretch of memory (two regions, first a then b; b may be null) asked for into L2 a line at a time, the lines spread evenly
 // over the steps of the work that runs before it is read (step() is called `steps` times). Asking for a whole block
 // in a burst stalls on the core's miss buffers and overlaps nothing; a steady trickle keeps a few in flight (decode
 // attention, cold, on Zen 3: 30 layers' KV of 2,420 keys 31 -> 18-25 ms by the median against the burst-per-row
@@ -87,8 +87,8 @@ struct Ahead {
   int64_t lines = 0, steps = 1, credit = 0;
   Ahead() = default;
   Ahead(const void* pa, const void* pb, int64_t bytes, int64_t nsteps)
-      : a(static_cast<const char*>(pa)), b(static_cast<const char*>(pb)), a_left(bytes), b_left(bytes),
-        lines(2 * ((bytes + 63) / 64)), steps(std::max<int64_t>(1, nsteps)) {}
+      : a(static_cast<const char*>(pa)), b(static_cast<const char*>(pb)), a_left(bytes), b_left(pb ? bytes : 0),
+        lines((pb ? 2 : 1) * ((bytes + 63) / 64)), steps(std::max<int64_t>(1, nsteps)) {}
   inline __attribute__((always_inline)) void line() {
     if (a_left > 0) {
       _mm_prefetch(a, _MM_HINT_T1);
