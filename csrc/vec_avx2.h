@@ -72,14 +72,15 @@ inline void dots4(const float* q, int64_t ldq, const float* k, int64_t ldk, int6
   for (int i = 0; i < R; ++i) _mm_storeu_ps(s + i * lds, reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
 }
 
-// A later stretch of memory (two regions, first a then b; b may be null) asked for into L2 a line at a time, the lines spread evenly
-// over the steps of the work that runs before it is read (step() is called `steps` times). Asking for a whole block
-// in a burst stalls on the core's miss buffers and overlaps nothing; a steady trickle keeps a few in flight (decode
+// A later stretch of memory (two regions, first a then b; b may be null) asked for into L2 a line at a time, the lines
+// spread evenly over the steps of the work that runs before it is read (step() is called `steps` times), each line once
+// (the block GEMV's one prefetch per block and row asked for most lines twice: blocks.h). Asking for a whole block in a
+// burst stalls on the core's miss buffers and overlaps nothing; a steady trickle keeps a few in flight (decode
 // attention, cold, on Zen 3: 30 layers' KV of 2,420 keys 31 -> 18-25 ms by the median against the burst-per-row
 // prefetch before it). Evenly, not one line per step: a 64-key block of 3 heads has 1,536 lines and 1,344 steps, and
 // one line per step left the last eighth of V unasked (medians 10.4-12.4 -> 9.6-11.7 ms, 5-8% less in each of six
-// alternated runs); faster than even (all lines by 75% or 90% of the steps) measured slower, and so did asking in
-// the order the heads use them.
+// alternated runs); faster than even (all lines by 75% or 90% of the steps) measured slower, and so did asking in the
+// order the heads use them.
 struct Ahead {
   const char* a = nullptr;
   const char* b = nullptr;
