@@ -10,7 +10,7 @@
                                              adapter merged, projection weights stored in bf16 (wdtype) under
                                              fp32 activations and KV: the same choices as fp32 unmerged on 133
                                              of 133 reference steps, 95 vs 94 of 134 unseen games won, 2.3x less
-                                             model time (docs/status.md); merge=0,wdtype=float32: all fp32, the
+                                             model time (docs/log.md); merge=0,wdtype=float32: all fp32, the
                                              default on CPUs without AVX-512 (AVX2 builds), where it is faster
                                              (engine_agent.default_merge); wdtype defaults to bf16 only merged;
                                              share=1: one engine for all parallel episodes (calls serialised,
