@@ -105,9 +105,20 @@ at::Tensor attention(const Geometry& g, const Layer& L, at::Tensor& qkv, const f
   return a;
 }
 
+// y += x, both fp32 contiguous of the same size (the residual adds: an ATen add is a TensorIterator and, for the
+// first, an allocation, ~2-4 us each on rows of a few hundred floats).
+void add_into(at::Tensor& y, const at::Tensor& x) {
+  TORCH_CHECK(y.numel() == x.numel() && y.is_contiguous() && x.is_contiguous(), "residual add: shapes ", y.sizes(),
+              " and ", x.sizes());
+  float* p = y.data_ptr<float>();
+  const float* q = x.data_ptr<float>();
+  for (int64_t i = 0, n = y.numel(); i < n; ++i) p[i] += q[i];
+}
+
 // MLP half with both residuals: x + o(a) -> + down(silu(gate) * up).
 at::Tensor mlp(const Geometry& g, const Layer& L, const at::Tensor& x, const at::Tensor& a) {
-  at::Tensor x2 = x + linear(a, L.o, L.bias[1], L.lora_a[1], L.lora_b[1]);
+  at::Tensor x2 = linear(a, L.o, L.bias[1], L.lora_a[1], L.lora_b[1]);
+  add_into(x2, x);
   at::Tensor h = at::empty_like(x2);
   for (int64_t b = 0; b < g.B; ++b)
     rms_norm(x2.data_ptr<float>() + b * g.H, L.ln_mlp.data_ptr<float>(), g.H, g.eps, h.data_ptr<float>() + b * g.H);
@@ -118,7 +129,8 @@ at::Tensor mlp(const Geometry& g, const Layer& L, const at::Tensor& x, const at:
     const float* row = gu.data_ptr<float>() + b * 2 * I;
     silu_mul(row, row + I, I, act.data_ptr<float>() + b * I);
   }
-  return x2.add_(linear(act, L.down, L.bias[3], L.lora_a[3], L.lora_b[3]));
+  add_into(x2, linear(act, L.down, L.bias[3], L.lora_a[3], L.lora_b[3]));
+  return x2;
 }
 
 Layer unpack(at::TensorList w, const c10::List<Opt>& e, int64_t i) {
