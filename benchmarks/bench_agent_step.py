@@ -265,6 +265,7 @@ def _record(out: dict, s: int, gen, ta: float, td: float, cpu: float) -> None:
     out["cpu_s"].append(cpu)  # CPU time: robust to time-slicing on a shared machine
     out["tokens"][s] = gen
     out["step_s"].append(ta + td)
+    out.setdefault("append_s", []).append(ta)
     out["decode_s"].append(td / (DECODE_TOKENS - 1))  # the first token comes from the append's logits
 
 
@@ -499,13 +500,23 @@ def _scaling(engine, tok, args, bandwidth) -> list[dict]:
     rows = []
     for n in sorted({*args.scaling, args.playbook}):
         playbook, observations = make_ids(tok, n, args.steps)
-        res = run_engine(Ours(engine), playbook, observations)
+        runner = Ours(engine)
+        res = run_engine(runner, playbook, observations)
         mean_ctx = n + (args.steps * (OBS_TOKENS + DECODE_TOKENS)) // 2
-        rows.append(summarize(f"ours unmerged, playbook {n}", res, n, None, 0,
-                              decode_bytes(engine, mean_ctx, True), bandwidth))
-    print("\nper-step cost against playbook length (ours, unmerged):")
-    print_table(rows, ["engine", "s_per_step", "p10", "p90", "cpu_s_per_step", "prefill_tok_s", "decode_ms_tok",
-                       "pct_bw_limit"])
+        row = summarize(f"ours unmerged, playbook {n}", res, n, None, 0, decode_bytes(engine, mean_ctx, True),
+                        bandwidth)
+        st = runner.session.stats  # the session's own counts: what it encoded and generated, not its prefix
+        row.update(append_ms=1e3 * statistics.median(res["append_s"]),
+                   new_tokens_per_step=(st.tokens_encoded + st.tokens_generated) / args.steps)
+        rows.append(row)
+    print("\nper-step cost against playbook length (ours, unmerged; new tokens: encoded + generated a step):")
+    print_table(rows, ["engine", "s_per_step", "p10", "p90", "cpu_s_per_step", "prefill_tok_s", "append_ms",
+                       "decode_ms_tok", "pct_bw_limit", "new_tokens_per_step"])
+    lo, hi = rows[0], rows[-1]
+    print(f"{lo['engine']} -> {hi['engine']}: {lo['new_tokens_per_step']:.0f} -> {hi['new_tokens_per_step']:.0f} "
+          f"new tokens a step; the step {lo['s_per_step']:.3f} -> {hi['s_per_step']:.3f} s (append "
+          f"{lo['append_ms']:.0f} -> {hi['append_ms']:.0f} ms, decode {lo['decode_ms_tok']:.1f} -> "
+          f"{hi['decode_ms_tok']:.1f} ms/token)")
     return rows
 
 
