@@ -250,7 +250,7 @@ def run_interleaved(runners: dict, playbook, observations) -> dict:
     meets the shared box in the same state, so the ratios between our rows hold while its speed drifts."""
     out = {}
     for name, runner in runners.items():
-        out[name] = {"prefill_s": runner.start(playbook), "tokens": {}, "step_s": [], "decode_s": [], "cpu_s": []}
+        out[name] = _result(runner.start(playbook))
     names = list(runners)
     for s in range(len(observations)):
         k = s % len(names)
@@ -261,18 +261,23 @@ def run_interleaved(runners: dict, playbook, observations) -> dict:
     return out
 
 
+def _result(prefill_s: float) -> dict:
+    """One engine's record of a run: its prefill, then per step its tokens and times (_record)."""
+    return {"prefill_s": prefill_s, "tokens": {}, "step_s": [], "append_s": [], "decode_s": [], "cpu_s": []}
+
+
 def _record(out: dict, s: int, gen, ta: float, td: float, cpu: float) -> None:
     out["cpu_s"].append(cpu)  # CPU time: robust to time-slicing on a shared machine
     out["tokens"][s] = gen
     out["step_s"].append(ta + td)
-    out.setdefault("append_s", []).append(ta)
+    out["append_s"].append(ta)
     out["decode_s"].append(td / (DECODE_TOKENS - 1))  # the first token comes from the append's logits
 
 
 def run_engine(runner, playbook, observations, steps=None, reference=None) -> dict:
     """Play the steps; `steps` (indices) with `reference` histories for the re-encoding baseline's subset."""
     prefill = runner.start(playbook)
-    out = {"prefill_s": prefill, "tokens": {}, "step_s": [], "decode_s": [], "cpu_s": []}
+    out = _result(prefill)
     for s in (range(len(observations)) if steps is None else steps):
         c0 = time.process_time()
         if steps is not None:
