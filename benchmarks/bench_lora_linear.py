@@ -128,7 +128,7 @@ def _one(K, N, M, r, dtype, bw, llc, reps, mode, done, rounds: int = 1, gguf: bo
         row[f"{name}_us"] = t[name].median * 1e6 if name in t else float("nan")
     for name in ("unfused", "merged"):  # p10 ratios: both sides at their least-disturbed, robust on a shared box
         row[f"vs_{name}"] = t[name].p10 / best
-    row.update(GBps=nbytes / best / 1e9, pct_bw=100 * nbytes / best / bw)
+    row.update(GBps=nbytes / best / 1e9, pct_bw=100 * nbytes / best / bw, probe_GBps=bw / 1e9)
     m1 = [d for d in done if (d["mode"], d["K"], d["N"], d["r"], d["M"]) == (mode, K, N, r, 1)]
     row["x_M1"] = best / (m1[0]["ours_p10_us"] * 1e-6) if m1 else float("nan")
     if "blocks" in t:
@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{mode}:")
         print_table([r for r in rows if r["mode"] == mode], _columns(rows[0]))
     if args.json:
+        # bandwidth_Bps: a probe at the end; each row's pct_bw is of the probe at the start (its probe_GBps)
         write_json(args.json, {"bench": "lora_linear", "dtype": args.dtype, "bandwidth_Bps": measure_bandwidth(),
                                "llc_bytes": llc_bytes(), "backend": ops.backend("cpu"), "modes": list(modes),
                                "prefetch": args.prefetch, "rounds": args.rounds, "gguf": args.gguf,

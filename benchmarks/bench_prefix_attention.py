@@ -60,7 +60,8 @@ def _one(P, B, S, T, bw, reps) -> dict:
     return dict(P=P, B=B, S=S, T=T, ours_us=ours * 1e6, ours_p10_us=best * 1e6,
                 separate_us=t["separate"].median * 1e6, sdpa_batched_us=t["sdpa_batched"].median * 1e6,
                 vs_separate=t["separate"].p10 / best, vs_sdpa=t["sdpa_batched"].p10 / best,
-                GBps=kv_ours / best / 1e9, pct_bw=100 * kv_ours / best / bw)
+                GBps=kv_ours / best / 1e9, pct_bw=100 * kv_ours / best / bw,
+                probe_GBps=bw / 1e9)
 
 
 COLUMNS = ["P", "B", "S", "T", "ours_us", "ours_p10_us", "separate_us", "sdpa_batched_us", "vs_separate", "vs_sdpa",
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_table(rows, COLUMNS)
     if args.json:
+        # bandwidth_Bps: a probe at the end; each row's pct_bw is of the probe at the start (its probe_GBps)
         write_json(args.json, {"bench": "prefix_attention", "heads": [HQ, HKV, D], "backend": ops.backend("cpu"),
                                "bandwidth_Bps": measure_bandwidth(), "rows": rows})
     return 0
