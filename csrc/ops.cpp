@@ -14,6 +14,7 @@
 #include "weight_reuse.h"
 
 namespace duomem {
+uint64_t read_bytes_cpu(const std::vector<at::Tensor>& tensors, int64_t ahead);
 std::tuple<at::Tensor, at::Tensor> merge_attention_cpu(const at::Tensor& o_a, const at::Tensor& lse_a,
                                                        const at::Tensor& o_b, const at::Tensor& lse_b);
 #ifdef WITH_CUDA
@@ -152,6 +153,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                               const at::Tensor& ok, const at::Tensor& ov, int64_t start, double eps) {
     return duomem::append_step_cpu(x, w, duomem::boxed(e), cos, sin, kp, vp, ok, ov, start, eps);
   }, "append_step on CPU tensors, bypassing the dispatcher");
+  m.def("read_bytes", &duomem::read_bytes_cpu, py::arg("tensors"), py::arg("ahead") = 0,
+        "read every byte of these contiguous CPU tensors once; the XOR of their bytes as 64-bit words (benchmark floor)");
   m.def("cpu_isa", [] {  // what -march (setup.py) let this build compile in
 #if defined(__AVX512F__)
     std::string isa = "avx512";

@@ -78,6 +78,18 @@ def measure_bandwidth(nbytes: int = 256 << 20, reps: int = 10) -> float:
     return nbytes / best
 
 
+def read_bytes(tensors: Sequence[torch.Tensor]) -> int:
+    """Read every byte of these contiguous CPU tensors once (native: the widest vector loads, torch's thread count).
+
+    The floor of any op that reads the same bytes once under the same cache regime: a benchmark times it beside the
+    implementations to show the best ratio any of them could reach. Returns the XOR of each tensor's bytes
+    (zero-padded to 8) as little-endian 64-bit words, so the read is checkable and cannot be elided.
+    """
+    if not ops.HAS_NATIVE or not hasattr(ops._C, "read_bytes"):
+        raise ValueError("read_bytes needs the native CPU build (duomem_fast._C), which is not loaded")
+    return ops._C.read_bytes(list(tensors))
+
+
 def llc_bytes() -> int:
     """Size in bytes of one last-level (highest-level) CPU cache, from sysfs, else `lscpu -B -C`.
 

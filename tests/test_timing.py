@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from duomem_fast import ops, timing
 
@@ -41,3 +42,39 @@ def test_machine_info_has_llc():
     info = timing.machine_info()
     assert info["llc_bytes"] == timing.llc_bytes()
     assert info["cpu_isa"] == ops.cpu_isa()
+
+
+def _xor_words(tensors) -> int:
+    """read_bytes' reference: each tensor's bytes zero-padded to 8, as little-endian 64-bit words, all XORed."""
+    import numpy as np
+    out = 0
+    for t in tensors:
+        raw = t.contiguous().view(torch.uint8).numpy().tobytes()
+        raw += b"\0" * (-len(raw) % 8)
+        out ^= int(np.bitwise_xor.reduce(np.frombuffer(raw, dtype="<u8"))) if raw else 0
+    return out
+
+
+@pytest.mark.skipif(not ops.HAS_NATIVE, reason="read_bytes is native")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_read_bytes_reads_every_byte(threads):
+    torch.manual_seed(0)
+    ts = [torch.randn(576, 576), torch.randn(16, 111, dtype=torch.bfloat16), torch.randint(0, 256, (77,), dtype=torch.uint8),
+          torch.randn(300_000)]  # 1.2 MB: several 64 KiB chunks for the threads to share; odd tails in the others
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert timing.read_bytes(ts) == _xor_words(ts)
+        assert timing.read_bytes(ts[:1]) == _xor_words(ts[:1]) != _xor_words(ts)
+        flip = ts[3].clone()
+        flip.view(torch.uint8)[-1] ^= 1  # the last byte of the last chunk
+        assert timing.read_bytes([flip]) == timing.read_bytes(ts[3:]) ^ (1 << 56)
+        assert timing.read_bytes([]) == 0
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not ops.HAS_NATIVE, reason="read_bytes is native")
+def test_read_bytes_rejects_strided_and_names_it():
+    with pytest.raises(RuntimeError, match="tensor 1 is not contiguous"):
+        timing.read_bytes([torch.zeros(4), torch.zeros(8, 8).t()])
