@@ -9,6 +9,9 @@ Two cache regimes, applied alike to every implementation:
   cold  calls rotate through enough distinct copies of W/A/B (and of the merged W, and of peft's layer) to cover four
         times the last-level cache read from the machine (timing.cold_copies): each call streams its weights from DRAM, as a decode step does
         for every layer of a 540 MB model. x stays hot (the previous layer just wrote it).
+The floor: W, A and B read once with nothing computed (timing.read_bytes), rotated like the rest: no implementation
+that reads those bytes can be faster, so max_vs_* (the baseline's p10 over the floor's) is the best ratio any could
+reach against it, and pct_floor is ours' time at the floor's rate (100 = as fast as reading the bytes).
 Times are medians (us); vs_* ratios compare p10 times (each side at its least-disturbed: on a shared machine the
 median mostly measures the neighbours). Napkin math: bytes streamed (W + A + B) / p10 time in GB/s, and % of the
 read bandwidth measured in the same process with the same thread count (hot rows can exceed 100%: they read L2/L3).
@@ -28,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from duomem_fast import ops
-from duomem_fast.timing import bench, cold_copies, llc_bytes, measure_bandwidth, print_table, rotate, write_json
+from duomem_fast.timing import (bench, cold_copies, llc_bytes, measure_bandwidth, print_table, read_bytes, rotate,
+                                write_json)
 
 # (K, N): q/o 576x576, k/v 576->192, gate/up 576->1536, down 1536->576; the engine's fused qkv (960) and gate_up
 # (3072); lm_head 576->49152 (113 MB fp32: the largest, DRAM-bound weight of the default model).
@@ -81,6 +85,8 @@ def _fns(x, s: dict) -> dict:
     }
     if s["peft"] is not None:
         fns["peft"] = lambda: s["peft"](x)
+    if ops.HAS_NATIVE:  # the floor: W, A and B read once, nothing computed (timing.read_bytes)
+        fns["floor"] = lambda: read_bytes([w, a, b])
     if s.get("blocks") is not None:
         fns["blocks"] = lambda: ops.lora_linear(x, s["blocks"], a, b, 2.0)
     return fns
@@ -129,6 +135,9 @@ def _one(K, N, M, r, dtype, bw, llc, reps, mode, done, rounds: int = 1, gguf: bo
     for name in ("unfused", "merged"):  # p10 ratios: both sides at their least-disturbed, robust on a shared box
         row[f"vs_{name}"] = t[name].p10 / best
     row.update(GBps=nbytes / best / 1e9, pct_bw=100 * nbytes / best / bw, probe_GBps=bw / 1e9)
+    floor = t["floor"].p10 if "floor" in t else float("nan")
+    row.update(floor_us=floor * 1e6, pct_floor=100 * floor / best, max_vs_unfused=t["unfused"].p10 / floor,
+               max_vs_merged=t["merged"].p10 / floor)
     m1 = [d for d in done if (d["mode"], d["K"], d["N"], d["r"], d["M"]) == (mode, K, N, r, 1)]
     row["x_M1"] = best / (m1[0]["ours_p10_us"] * 1e-6) if m1 else float("nan")
     if "blocks" in t:
@@ -140,7 +149,8 @@ def _one(K, N, M, r, dtype, bw, llc, reps, mode, done, rounds: int = 1, gguf: bo
 
 
 COLUMNS = ["mode", "K", "N", "M", "r", "copies", "ours_us", "ours_p10_us", "unfused_us", "merged_us", "peft_us",
-           "vs_unfused", "vs_merged", "GBps", "pct_bw", "x_M1"]
+           "vs_unfused", "vs_merged", "GBps", "pct_bw", "x_M1", "floor_us", "pct_floor", "max_vs_unfused",
+           "max_vs_merged"]
 
 
 BLOCK_COLUMNS = ["blocks_p10_us", "blocks_vs_unfused", "blocks_vs_merged", "blocks_GBps"]
