@@ -226,8 +226,9 @@ void lora_linear_impl(const Gemv& g, const WT* W, int64_t ldw, const LT* A, cons
     rows(g, W, ldw, g.N, A ? B : nullptr, c * kChunkRows, std::min(g.N, (c + 1) * kChunkRows));
   };
   // Below ~256K MACs (576->192 at M=1 is 110K: 8.4 us alone, 9.5 us with a helper) handing out chunks costs more
-  // than a second core returns.
-  if (g.M * g.N * g.K < (int64_t(1) << 18)) {
+  // than a second core returns, while W is cached; from memory (g.prefetch: likely cold) a second core's stream
+  // pays: 576->192 M=1, 2 threads, cold, p10 38 us alone against 22 for a bare read of the bytes on both (stop 31).
+  if (g.M * g.N * g.K < (int64_t(1) << 18) && !g.prefetch) {
     for (int64_t c = 0; c < chunks; ++c) chunk(c);
   } else {
     parallel_chunks(chunks, chunk);
