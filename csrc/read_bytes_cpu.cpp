@@ -3,8 +3,9 @@
 // take less time than this read of them under the same cache regime, so it bounds the ratio any implementation could
 // reach against a baseline (bench_lora_linear.py's floor columns). The XOR makes the loads observable (nothing to
 // elide) and the result checkable: the XOR of each tensor's bytes, zero-padded to 8, as little-endian 64-bit words.
-// Plain loads, no software look-ahead: standalone, 1 thread, 1.3 MB regions rotated over 2 GB (AVX-512 Xeon, stop
-// 31), no look-ahead read 15.2 GB/s at p10 and look-aheads of 1-32 KiB (into L2 or L3) 13.7-14.9.
+// Plain loads, or with a look-ahead (`ahead` bytes, into L2); which is faster depends on the memory: 1 thread, cold,
+// p10 (stop 31's Xeon): standalone over one 1.3 MB buffer at a time, none 15.2 GB/s, 1-32 KiB 13.7-14.9; in torch
+// tensors (W, A, B of 1536->576, r=16) none 253 us, 2 KiB 216. A benchmark takes the faster of the two.
 #include <torch/extension.h>
 
 #include "parallel.h"

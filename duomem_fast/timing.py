@@ -78,16 +78,19 @@ def measure_bandwidth(nbytes: int = 256 << 20, reps: int = 10) -> float:
     return nbytes / best
 
 
-def read_bytes(tensors: Sequence[torch.Tensor]) -> int:
+def read_bytes(tensors: Sequence[torch.Tensor], ahead: int = 0) -> int:
     """Read every byte of these contiguous CPU tensors once (native: the widest vector loads, torch's thread count).
 
     The floor of any op that reads the same bytes once under the same cache regime: a benchmark times it beside the
     implementations to show the best ratio any of them could reach. Returns the XOR of each tensor's bytes
-    (zero-padded to 8) as little-endian 64-bit words, so the read is checkable and cannot be elided.
+    (zero-padded to 8) as little-endian 64-bit words, so the read is checkable and cannot be elided. ahead > 0: each
+    256 bytes also asks for the bytes `ahead` further on, into L2 (a software look-ahead, as the GEMV streams use).
     """
+    if ahead < 0:
+        raise ValueError(f"read_bytes needs ahead >= 0 bytes, got {ahead}")
     if not ops.HAS_NATIVE or not hasattr(ops._C, "read_bytes"):
         raise ValueError("read_bytes needs the native CPU build (duomem_fast._C), which is not loaded")
-    return ops._C.read_bytes(list(tensors))
+    return ops._C.read_bytes(list(tensors), ahead)
 
 
 def llc_bytes() -> int:

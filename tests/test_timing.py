@@ -64,7 +64,7 @@ def test_read_bytes_reads_every_byte(threads):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        assert timing.read_bytes(ts) == _xor_words(ts)
+        assert timing.read_bytes(ts) == _xor_words(ts) == timing.read_bytes(ts, ahead=2048)
         assert timing.read_bytes(ts[:1]) == _xor_words(ts[:1]) != _xor_words(ts)
         flip = ts[3].clone()
         flip.view(torch.uint8)[-1] ^= 1  # the last byte of the last chunk
@@ -78,3 +78,5 @@ def test_read_bytes_reads_every_byte(threads):
 def test_read_bytes_rejects_strided_and_names_it():
     with pytest.raises(RuntimeError, match="tensor 1 is not contiguous"):
         timing.read_bytes([torch.zeros(4), torch.zeros(8, 8).t()])
+    with pytest.raises(ValueError, match="ahead >= 0"):
+        timing.read_bytes([torch.zeros(4)], ahead=-1)
