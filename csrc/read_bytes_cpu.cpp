@@ -1,5 +1,5 @@
-// read_bytes: every byte of some tensors read once, in order, with the widest vector loads the build has, folded by
-// XOR into one 64-bit word. The benchmarks' floor: no op that reads the same bytes once (a GEMV over W, A and B) can
+// read_bytes: every byte of some tensors read once, in order, with AVX-512 loads (elsewhere a loop of 64-bit words
+// the compiler vectorizes), folded by XOR into one 64-bit word. The benchmarks' floor: no op that reads the same bytes once (a GEMV over W, A and B) can
 // take less time than this read of them under the same cache regime, so it bounds the ratio any implementation could
 // reach against a baseline (bench_lora_linear.py's floor columns). The XOR makes the loads observable (nothing to
 // elide) and the result checkable: the XOR of each tensor's bytes, zero-padded to 8, as little-endian 64-bit words.

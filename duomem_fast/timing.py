@@ -79,7 +79,7 @@ def measure_bandwidth(nbytes: int = 256 << 20, reps: int = 10) -> float:
 
 
 def read_bytes(tensors: Sequence[torch.Tensor], ahead: int = 0) -> int:
-    """Read every byte of these contiguous CPU tensors once (native: the widest vector loads, torch's thread count).
+    """Read every byte of these contiguous CPU tensors once (native vector loads, torch's thread count).
 
     The floor of any op that reads the same bytes once under the same cache regime: a benchmark times it beside the
     implementations to show the best ratio any of them could reach. Returns the XOR of each tensor's bytes

@@ -59,8 +59,8 @@ def _xor_words(tensors) -> int:
 @pytest.mark.parametrize("threads", [1, 2])
 def test_read_bytes_reads_every_byte(threads):
     torch.manual_seed(0)
-    ts = [torch.randn(576, 576), torch.randn(16, 111, dtype=torch.bfloat16), torch.randint(0, 256, (77,), dtype=torch.uint8),
-          torch.randn(300_000)]  # 1.2 MB: several 64 KiB chunks for the threads to share; odd tails in the others
+    ts = [torch.randn(576, 576), torch.randn(16, 111, dtype=torch.bfloat16),  # odd tails: 3,552 and 77 bytes
+          torch.randint(0, 256, (77,), dtype=torch.uint8), torch.randn(300_000)]  # 1.2 MB: 19 chunks for the threads
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
